@@ -1,0 +1,1 @@
+"""Carbon accounting: projection of measured windows to the target budget."""

@@ -1,0 +1,315 @@
+"""Typed config: the structured schema behind `conf/`, range checks, and the resolved LDM spec.
+
+Light on purpose (no torch): `--help`, config validation and the report import it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+SCALES = ("auto", "paper", "cpu")
+PHASES = ("autoencoder", "diffusion", "synthesis")
+
+
+class ConfigError(ValueError):
+    """A config value out of range: the message names the field and what it accepts."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        super().__init__(f"{key}={_show(value)}: {allowed}")
+        self.key = key
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(str, value)) + "]"
+    return str(value)
+
+
+# Structured schema. OmegaConf checks types on every compose and override; `check()` adds ranges.
+# Optional[...] rather than `| None`: OmegaConf resolves these annotations itself.
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    width: float = 1.0
+    num_res_blocks: int = 2
+    attention: bool = True
+
+
+@dataclass
+class AutoencoderArch:
+    channels: list[int] = MISSING
+    latent_channels: int = 1
+
+
+@dataclass
+class UNetArch:
+    channels: list[int] = MISSING
+    attention_levels: list[bool] = MISSING
+    num_head_channels: int = 32
+
+
+@dataclass
+class Batch:
+    autoencoder: int | None = None
+    diffusion: int | None = None
+    synthesis: int | None = None
+
+
+@dataclass
+class ScaleDims:
+    image_size: list[int] = MISSING
+    batch: Batch = field(default_factory=Batch)
+    norm_num_groups: int = 32
+    autoencoder: AutoencoderArch = field(default_factory=AutoencoderArch)
+    unet: UNetArch = field(default_factory=UNetArch)
+
+
+@dataclass
+class DimsConfig:
+    name: str = MISSING
+    spatial_dims: int = MISSING
+    in_channels: int = 1
+    image_size: list[int] | None = None
+    paper: ScaleDims = field(default_factory=ScaleDims)
+    cpu: ScaleDims = field(default_factory=ScaleDims)
+
+
+@dataclass
+class GpusConfig:
+    name: str = MISSING
+    accelerator: str = "auto"
+    devices: Any = "auto"  # int or "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    scaling: str = "weak"
+
+
+@dataclass
+class SamplerConfig:
+    name: str = MISSING
+    scheduler: str = MISSING
+    steps: int = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class PhaseWindow:
+    warmup: int = 2
+    iterations: int = 10
+
+
+@dataclass
+class SynthesisWindow(PhaseWindow):
+    decode_warmup: int = 1
+    decodes: int = 2
+
+
+@dataclass
+class MeasureConfig:
+    full: bool = False
+    windows: int = 5
+    autoencoder: PhaseWindow = field(default_factory=PhaseWindow)
+    diffusion: PhaseWindow = field(default_factory=PhaseWindow)
+    synthesis: SynthesisWindow = field(default_factory=SynthesisWindow)
+
+
+@dataclass
+class TargetConfig:
+    autoencoder_iterations: int = 150_000
+    diffusion_iterations: int = 150_000
+    samples: int = 10_000
+
+
+@dataclass
+class LpmConfig:
+    model: ModelConfig = MISSING
+    dims: DimsConfig = MISSING
+    gpus: GpusConfig = MISSING
+    sampler: SamplerConfig = MISSING
+    data: DataConfig = MISSING
+    logger: Any = None
+    scale: str = "auto"
+    seed: int = 0
+    precision: str = "32-true"
+    batch: Batch = field(default_factory=Batch)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+
+
+ConfigStore.instance().store(name="lpm_schema", node=LpmConfig)
+
+
+def _at_least(key: str, value: Any, low: int) -> None:
+    if value is not None and value < low:
+        raise ConfigError(key, value, f"must be an integer >= {low}")
+
+
+def check(cfg: DictConfig) -> None:
+    """Range and consistency checks that types alone cannot express.
+
+    Raises:
+        ConfigError: naming the first offending field and the values it accepts.
+    """
+    if cfg.scale not in SCALES:
+        raise ConfigError("scale", cfg.scale, f"must be one of {', '.join(SCALES)}")
+    if cfg.model.width <= 0:
+        raise ConfigError("model.width", cfg.model.width, "must be > 0")
+    _at_least("model.num_res_blocks", cfg.model.num_res_blocks, 1)
+    if cfg.dims.spatial_dims not in (2, 3):
+        raise ConfigError("dims.spatial_dims", cfg.dims.spatial_dims, "must be 2 or 3")
+    _at_least("sampler.steps", cfg.sampler.steps, 1)
+    for name in ("autoencoder_iterations", "diffusion_iterations", "samples"):
+        _at_least(f"target.{name}", cfg.target[name], 1)
+    for phase in PHASES:
+        _at_least(f"batch.{phase}", cfg.batch[phase], 1)
+        _at_least(f"measure.{phase}.warmup", cfg.measure[phase].warmup, 0)
+        _at_least(f"measure.{phase}.iterations", cfg.measure[phase].iterations, 1)
+    _at_least("measure.synthesis.decode_warmup", cfg.measure.synthesis.decode_warmup, 0)
+    _at_least("measure.synthesis.decodes", cfg.measure.synthesis.decodes, 1)
+    _at_least("measure.windows", cfg.measure.windows, 1)
+    if cfg.gpus.scaling not in ("weak", "strong"):
+        raise ConfigError("gpus.scaling", cfg.gpus.scaling, "must be weak or strong")
+    devices = cfg.gpus.devices
+    if not (devices == "auto" or (isinstance(devices, int) and devices >= 1)):
+        raise ConfigError("gpus.devices", devices, "must be an integer >= 1 or auto")
+    _at_least("gpus.num_nodes", cfg.gpus.num_nodes, 1)
+    _at_least("data.num_workers", cfg.data.num_workers, 0)
+    if cfg.data.name == "folder" and not Path(str(cfg.data.root)).expanduser().is_dir():
+        raise ConfigError("data.root", cfg.data.root, "no such directory")
+    elif cfg.data.name not in ("phantom", "folder"):
+        raise ConfigError("data.name", cfg.data.name, "must be phantom or folder")
+    size = cfg.dims.image_size
+    if size is not None:
+        n = cfg.dims.spatial_dims
+        if len(size) != n:
+            raise ConfigError(
+                "dims.image_size", list(size), f"needs {n} entries for dims={cfg.dims.name}"
+            )
+        _at_least("dims.image_size", min(size), 1)
+
+
+def cuda_visible() -> bool:
+    """A CUDA GPU is visible? Asked without torch (NVML ignores CUDA_VISIBLE_DEVICES)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library, no device: all mean "no GPU"
+        return False
+
+
+def resolve_scale(cfg: DictConfig, cuda: bool | None = None) -> str:
+    """`paper` or `cpu`: `auto` follows the hardware the job will run on, like Lightning's."""
+    if cfg.scale != "auto":
+        return cfg.scale
+    if cfg.gpus.accelerator == "cpu":
+        return "cpu"
+    return "paper" if (cuda_visible() if cuda is None else cuda) else "cpu"
+
+
+@dataclass(frozen=True)
+class LDMSpec:
+    """Everything needed to build one LDM: resolved from model × dims × scale."""
+
+    scale: str
+    spatial_dims: int
+    in_channels: int
+    image_size: tuple[int, ...]
+    latent_size: tuple[int, ...]
+    batch: dict[str, int]
+    norm_num_groups: int
+    autoencoder: dict[str, Any]
+    unet: dict[str, Any]
+
+    @property
+    def latent_downsample(self) -> int:
+        return self.image_size[0] // self.latent_size[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _widen(channels: list[int], width: float, multiple_of: list[int]) -> list[int]:
+    return [
+        max(m, math.ceil(c * width / m) * m) for c, m in zip(channels, multiple_of, strict=True)
+    ]
+
+
+def resolve_spec(cfg: DictConfig, scale: str) -> LDMSpec:
+    """Apply the model size to the dims' reference networks at `scale` (`paper` or `cpu`).
+
+    Raises:
+        ConfigError: when the image size does not divide by the networks' downsampling.
+    """
+    ref = cfg.dims[scale]
+    groups = ref.norm_num_groups
+    width, blocks = cfg.model.width, cfg.model.num_res_blocks
+    ae_channels = _widen(
+        list(ref.autoencoder.channels), width, [groups] * len(ref.autoencoder.channels)
+    )
+    heads = ref.unet.num_head_channels
+    attention = [bool(a) and cfg.model.attention for a in ref.unet.attention_levels]
+    # Attention levels need channels divisible by both the norm groups and the head width.
+    unet_multiple = [math.lcm(groups, heads) if a else groups for a in attention]
+    unet_channels = _widen(list(ref.unet.channels), width, unet_multiple)
+    n_ae, n_unet = len(ae_channels), len(unet_channels)
+    image_size = tuple(cfg.dims.image_size or ref.image_size)
+    down = 2 ** (n_ae - 1)
+    total = down * 2 ** (n_unet - 1)
+    if any(s % total for s in image_size):
+        raise ConfigError(
+            "dims.image_size",
+            list(image_size),
+            f"each entry must divide by {total} (autoencoder ×{down} × UNet ×{total // down})",
+        )
+    batch = {p: int(cfg.batch[p] if cfg.batch[p] is not None else ref.batch[p]) for p in PHASES}
+    return LDMSpec(
+        scale=scale,
+        spatial_dims=cfg.dims.spatial_dims,
+        in_channels=cfg.dims.in_channels,
+        image_size=image_size,
+        latent_size=tuple(s // down for s in image_size),
+        batch=batch,
+        norm_num_groups=groups,
+        autoencoder=dict(
+            channels=ae_channels,
+            latent_channels=ref.autoencoder.latent_channels,
+            num_res_blocks=blocks,
+            attention_levels=[False] * n_ae,
+            # The MONAI LDM recipes train the autoencoder without its mid-block attention.
+            with_encoder_nonlocal_attn=False,
+            with_decoder_nonlocal_attn=False,
+        ),
+        unet=dict(
+            channels=unet_channels,
+            attention_levels=attention,
+            num_res_blocks=blocks,
+            num_head_channels=[heads if a else 0 for a in attention],
+        ),
+    )
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

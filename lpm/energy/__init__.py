@@ -1,0 +1,1 @@
+"""Measurement: meters and the Lightning callback that opens a window per phase."""

@@ -1,0 +1,137 @@
+"""`EnergyCallback`: measured windows over the batches of any Lightning fit or predict loop.
+
+callback = EnergyCallback(warmup=10, window=50)
+trainer = Trainer(callbacks=[callback], max_steps=510)
+trainer.fit(model, data); print(callback.measurement.units["step"].seconds_per_iteration)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lpm.energy.window import Meter, PhaseMeasurement, UnitMeasurement, Window
+
+
+def unit_of(batch: Any) -> str:
+    """The unit of work a batch is: a dict batch may say (`{"unit": "decode"}`), else a step."""
+    if isinstance(batch, Mapping) and isinstance(batch.get("unit"), str):
+        return batch["unit"]
+    return "step"
+
+
+class EnergyCallback(pl.Callback):
+    """Times and meters a phase per unit of work, warm-up excluded, in sub-windows.
+
+    A window opens at the start of a measured batch and closes at the start of the first batch
+    that does not belong to it (another unit, a full window) or at the end of the loop, so that
+    data loading between batches is part of the cost. Edges sync the accelerator first.
+
+    Args:
+        phase: name the measurement is reported under.
+        warmup: batches per unit that are run but not counted (an int applies to every unit).
+        window: batches per sub-window, per unit; None keeps one window per contiguous run.
+        meters: energy meters read at every window edge.
+    """
+
+    def __init__(
+        self,
+        phase: str = "fit",
+        warmup: int | Mapping[str, int] = 0,
+        window: int | Mapping[str, int] | None = None,
+        meters: Sequence[Meter] = (),
+    ) -> None:
+        self.phase = phase
+        self.warmup, self.window, self.meters = warmup, window, list(meters)
+        self.measurement: PhaseMeasurement | None = None
+        self._windows: list[Window] = []
+        self._seen: dict[str, int] = {}
+        self._open: tuple[str, int, float, dict[str, float]] | None = None  # unit, n, t0, e0
+        self._device: torch.device | None = None
+
+    @staticmethod
+    def _per_unit(value: int | Mapping[str, int] | None, unit: str) -> int | None:
+        return value.get(unit) if isinstance(value, Mapping) else value
+
+    def _read(self) -> tuple[float, dict[str, float]]:
+        if self._device is not None and self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        energy: dict[str, float] = {}
+        for meter in self.meters:
+            energy.update(meter.read_j())
+        return time.perf_counter(), energy
+
+    def _close(self, now: tuple[float, dict[str, float]] | None = None) -> None:
+        if self._open is None:
+            return
+        unit, n, t0, e0 = self._open
+        t1, e1 = now or self._read()
+        energy = {k: e1[k] - e0[k] for k in e1.keys() & e0.keys()}
+        self._windows.append(Window(unit, n, t1 - t0, energy))
+        self._open = None
+
+    def _start(self, trainer: pl.Trainer) -> None:
+        self._device = trainer.strategy.root_device
+        self._windows, self._seen, self._open, self.measurement = [], {}, None, None
+
+    def _batch_start(self, batch: Any) -> None:
+        unit = unit_of(batch)
+        seen = self._seen.get(unit, 0)
+        warm = seen < (self._per_unit(self.warmup, unit) or 0)
+        size = self._per_unit(self.window, unit)
+        if self._open is not None:
+            open_unit, n, _, _ = self._open
+            if not warm and open_unit == unit and (size is None or n < size):
+                return
+        now = self._read() if (self._open is not None or not warm) else None
+        self._close(now)
+        if not warm:
+            assert now is not None
+            self._open = (unit, 0, *now)
+
+    def _batch_end(self, batch: Any) -> None:
+        unit = unit_of(batch)
+        self._seen[unit] = self._seen.get(unit, 0) + 1
+        if self._open is not None:
+            u, n, t0, e0 = self._open
+            self._open = (u, n + 1, t0, e0)
+
+    def _end(self, trainer: pl.Trainer) -> None:
+        self._close()
+        units: dict[str, list[Window]] = {}
+        for w in self._windows:
+            units.setdefault(w.unit, []).append(w)
+        methods: dict[str, str] = {}
+        for meter in self.meters:
+            methods.update(meter.methods)
+        self.measurement = PhaseMeasurement(
+            self.phase, {u: UnitMeasurement(u, tuple(ws)) for u, ws in units.items()}, methods
+        )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start(batch)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._batch_start(batch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batch_end(batch)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batch_end(batch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer)

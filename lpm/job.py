@@ -1,0 +1,249 @@
+"""One sweep job: train the autoencoder, train the diffusion UNet, synthesize; measure each phase.
+
+Heavy imports (torch, Lightning, MONAI, diffusers) happen inside :func:`execute`, after the
+config has been checked, so that config mistakes fail in a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import sys
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from lpm.config import LDMSpec
+from lpm.record.record import PhaseRecord, Record, measured_phase, projected_phase
+
+log = logging.getLogger("lpm")
+
+
+def axes_of(cfg: DictConfig, spec: LDMSpec | None) -> dict[str, Any]:
+    """The sweep axes a record is filed under: what the report groups and compares by."""
+    return {
+        "model": cfg.model.name,
+        "dims": cfg.dims.name,
+        "gpus": cfg.gpus.name,
+        "sampler": cfg.sampler.name,
+        "scheduler": cfg.sampler.scheduler,
+        "steps": cfg.sampler.steps,
+        "precision": cfg.precision,
+        "scale": spec.scale if spec else cfg.scale,
+        "image_size": list(spec.image_size) if spec else None,
+        "batch_size": spec.batch if spec else None,
+        "scaling": cfg.gpus.scaling,
+        "data": cfg.data.name,
+    }
+
+
+def _cpu_model() -> str:
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _trainer(cfg: DictConfig, phase: str, callbacks: list, logger: Any, **kwargs: Any):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class PhaseProgressBar(TQDMProgressBar):
+        """Names the phase instead of Lightning's `Epoch N` (each phase runs one epoch)."""
+
+        def on_train_epoch_start(self, *args: Any) -> None:
+            super().on_train_epoch_start(*args)
+            self.train_progress_bar.set_description(phase)
+
+        def on_predict_batch_start(self, *args: Any) -> None:
+            super().on_predict_batch_start(*args)
+            self.predict_progress_bar.set_description(phase)
+
+    bars = sys.stderr.isatty()  # bars are noise in logs, CI and Slurm
+    return pl.Trainer(
+        accelerator=cfg.gpus.accelerator,
+        devices=cfg.gpus.devices,
+        strategy=cfg.gpus.strategy,
+        num_nodes=cfg.gpus.num_nodes,
+        precision=cfg.precision,
+        logger=logger if logger is not None else False,
+        callbacks=[*callbacks, PhaseProgressBar()] if bars else callbacks,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        enable_progress_bar=bars,
+        **kwargs,
+    )
+
+
+def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path) -> None:
+    """Run the three measured phases, updating and rewriting `record` after each one."""
+    import hydra
+    import torch
+    from torch.utils.data import DataLoader
+
+    from lpm.carbon.projection import project_synthesis, project_training
+    from lpm.energy.callback import EnergyCallback
+    from lpm.workload.data import FolderDataset, ImageDataModule, PhantomDataset
+    from lpm.workload.images import save_samples_png
+    from lpm.workload.ldm import (
+        AutoencoderModule,
+        DiffusionModule,
+        chains_for,
+        count_params,
+        synthesis_plan,
+    )
+
+    torch.manual_seed(cfg.seed)
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else None
+    path = job_dir / "record.json"
+    full = cfg.measure.full
+
+    def window(phase: str) -> EnergyCallback:
+        m = cfg.measure[phase]
+        warmup = {
+            "step": m.warmup,
+            "unet": m.warmup,
+            "decode": m.decode_warmup if phase == "synthesis" else 0,
+        }
+        size = {
+            u: math.ceil(n / cfg.measure.windows) for u, n in _measured_counts(cfg, phase).items()
+        }
+        return EnergyCallback(phase, warmup=warmup, window=size)
+
+    def data(phase: str, steps: int, world: int) -> ImageDataModule:
+        batch = spec.batch[phase] // (world if cfg.gpus.scaling == "strong" else 1)
+        if cfg.data.name == "folder":
+            dataset = FolderDataset(cfg.data.root, spec.image_size, spec.in_channels)
+        else:  # one epoch of fresh phantoms covers the whole phase
+            dataset = PhantomDataset(
+                spec.image_size, steps * batch * world, cfg.seed, spec.in_channels
+            )
+        return ImageDataModule(dataset, batch, cfg.data.num_workers, cfg.seed)
+
+    def train(phase: str, module: Any, target: int) -> Any:
+        m = cfg.measure[phase]
+        steps = target if full else m.warmup + m.iterations
+        callback = window(phase)
+        trainer = _trainer(cfg, phase, [callback], logger, max_steps=steps)
+        record.hardware = _hardware(trainer)
+        trainer.fit(module, datamodule=data(phase, steps, trainer.world_size))
+        measurement = callback.measurement
+        record.phases[phase] = PhaseRecord(
+            measured=measured_phase(measurement),
+            target={"iterations": target},
+            projected=projected_phase(project_training(measurement.units["step"], target)),
+        )
+        return trainer
+
+    ae = AutoencoderModule(spec)
+    dm = DiffusionModule(
+        spec,
+        ae.autoencoder,
+        cfg.sampler.scheduler,
+        cfg.sampler.steps,
+        dict(cfg.sampler.kwargs),
+        seed=cfg.seed,
+    )
+    record.params = {"autoencoder": count_params(ae.autoencoder), "unet": count_params(dm.unet)}
+    log.info(
+        "params: autoencoder %s, unet %s",
+        f"{record.params['autoencoder']:,}",
+        f"{record.params['unet']:,}",
+    )
+
+    trainer = train("autoencoder", ae, cfg.target.autoencoder_iterations)
+    rank0 = trainer.global_rank == 0
+    if rank0:
+        record.write(path)
+    trainer = train("diffusion", dm, cfg.target.diffusion_iterations)
+    if rank0:
+        record.write(path)
+
+    world = trainer.world_size
+    chains = chains_for(cfg.target.samples, spec.batch["synthesis"], world)
+    m = cfg.measure.synthesis
+    plan = (
+        synthesis_plan(cfg.sampler.steps, None, 0, chains)
+        if full
+        else synthesis_plan(cfg.sampler.steps, m.warmup + m.iterations, m.decode_warmup + m.decodes)
+    )
+    callback = window("synthesis")
+    # Every rank runs the whole plan on its own chain: data-parallel synthesis.
+    trainer = _trainer(cfg, "synthesis", [callback], logger, use_distributed_sampler=False)
+    with torch.no_grad():
+        trainer.predict(dm, DataLoader(plan, batch_size=None), return_predictions=False)
+    measurement = callback.measurement
+    record.phases["synthesis"] = PhaseRecord(
+        measured=measured_phase(measurement),
+        target={
+            "samples": cfg.target.samples,
+            "steps": cfg.sampler.steps,
+            "batch": spec.batch["synthesis"],
+            "chains": chains,
+        },
+        projected=projected_phase(
+            project_synthesis(
+                measurement.units["unet"], measurement.units["decode"], chains, cfg.sampler.steps
+            )
+        ),
+    )
+    if rank0 and dm.images is not None:
+        png = save_samples_png(dm.images.float().cpu(), job_dir / "samples.png")
+        record.samples = {
+            "path": png.name,
+            "count": dm.images.shape[0],
+            "denoising_steps": dm.chain_steps,
+            "of_steps": cfg.sampler.steps,
+            "complete": dm.chain_steps == cfg.sampler.steps,
+        }
+
+
+def _measured_counts(cfg: DictConfig, phase: str) -> dict[str, int]:
+    m = cfg.measure[phase]
+    if phase == "synthesis":
+        return {"unet": m.iterations, "decode": m.decodes}
+    return {"step": m.iterations}
+
+
+def _hardware(trainer: Any) -> dict[str, Any]:
+    import torch
+
+    device = trainer.strategy.root_device
+    return {
+        "accelerator": device.type,
+        "devices": trainer.num_devices,
+        "nodes": trainer.num_nodes,
+        "world_size": trainer.world_size,
+        "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu_model": _cpu_model(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def finish_loggers() -> None:
+    """Close the W&B run so the next sweep job starts its own (it silently reuses it otherwise)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def reset_distributed() -> None:
+    """Leave no process group or rank variables behind for the next job of the sweep."""
+    torch = sys.modules.get("torch")
+    if (
+        torch is not None
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    ):
+        torch.distributed.destroy_process_group()
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key, None)

@@ -1,0 +1,1 @@
+"""The per-job record: one dataclass, one atomic writer."""

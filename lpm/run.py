@@ -1,0 +1,173 @@
+"""Entry point: `python -m lpm.run -m model=small,base,large dims=2d,3d`.
+
+A thin `@hydra.main` around :func:`run`, which runs one job and writes its `record.json`.
+A failing job is recorded as failed and never takes the sweep down with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from lpm.config import ConfigError, check, resolve_scale, resolve_spec
+from lpm.record.record import Record, read_status
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+log = logging.getLogger("lpm")
+
+
+def _rank() -> int:
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _quiet() -> None:
+    import lightning.pytorch  # noqa: F401  (its import resets its loggers to INFO)
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*predict returned None.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def _relaunch_this_job(local_rank: int) -> tuple[list[str], str]:
+    """DDP ranks > 0 run exactly this job as a single Hydra run in this job's directory.
+
+    Lightning's default re-runs the original command line, which under `-m` re-runs the whole
+    sweep in every extra rank (and breaks under the submitit launcher).
+    """
+    hc = HydraConfig.get()
+    command = [sys.executable, "-m", "lpm.run", *hc.overrides.task]
+    command += [
+        f"hydra.run.dir={hc.runtime.output_dir}",
+        "hydra.output_subdir=null",
+        f"hydra.job.name=rank{local_rank}",
+    ]
+    return command, hydra.utils.get_original_cwd()
+
+
+def _install_relaunch() -> None:
+    # Installed from inside the task function: submitit pickles the task, so module-level
+    # code of this file does not run on the cluster node.
+    import lightning.fabric.strategies.launchers.subprocess_script as fabric_launcher
+    import lightning.pytorch.strategies.launchers.subprocess_script as pytorch_launcher
+
+    fabric_launcher._hydra_subprocess_cmd = _relaunch_this_job
+    pytorch_launcher._hydra_subprocess_cmd = _relaunch_this_job
+
+
+def run(cfg: DictConfig) -> str:
+    """Run one job; return its status. Exits non-zero outside a sweep when the job fails."""
+    from lpm.job import axes_of, execute, finish_loggers, reset_distributed
+
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    rank0 = _rank() == 0
+    path = job_dir / "record.json"
+    total = os.environ.get("LPM_SWEEP_JOBS", "?")
+    label = " ".join(hc.overrides.task) or "(defaults)"
+    if rank0:
+        log.info("job %d/%s %s", hc.job.num + 1 if multirun else 1, total if multirun else 1, label)
+    if rank0 and read_status(path) == "ok":
+        log.info("  already ok in %s: skipped", job_dir)
+        return "skipped"
+
+    t0 = time.time()
+    record = Record(
+        axes=axes_of(cfg, None),
+        job={
+            "dir": str(job_dir),
+            "overrides": list(hc.overrides.task),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    try:
+        check(cfg)
+        spec = resolve_spec(cfg, resolve_scale(cfg))
+    except ConfigError as exc:
+        if not multirun:
+            print(f"lpm: config error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        record.status, record.error = "failed", f"config error: {exc}"
+        log.error("  %s", record.error)
+        record.write(path)
+        return record.status
+
+    record.axes, record.spec = axes_of(cfg, spec), spec.to_dict()
+    _quiet()
+    _install_relaunch()
+    try:
+        execute(cfg, spec, record, job_dir)
+        record.status = "ok"
+    except KeyboardInterrupt:
+        record.status, record.error = "interrupted", "KeyboardInterrupt"
+        raise
+    except Exception as exc:
+        record.status, record.error = "failed", _one_line(exc)
+        if rank0:
+            (job_dir / "error.txt").write_text(traceback.format_exc())
+        log.error("  job failed: %s (traceback in error.txt)", record.error)
+    finally:
+        finish_loggers()
+        reset_distributed()
+        record.job["seconds"] = time.time() - t0
+        if rank0:
+            record.write(path)
+            log.info("  %s in %.1f s -> %s", record.status, record.job["seconds"], path)
+    if record.status != "ok" and not multirun:
+        sys.exit(1)
+    return record.status
+
+
+class SweepProgress(Callback):
+    """Counts a sweep's jobs up front (for `job 3/6` lines) and summarises it at the end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        with_sweeps = [
+            len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()
+        ]
+        os.environ["LPM_SWEEP_JOBS"] = str(math.prod(with_sweeps))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        statuses = [read_status(p) or "unreadable" for p in sorted(sweep.glob("**/record.json"))]
+        counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no records"
+        log.info("sweep %s: %s", sweep, summary)
+        if any(s != "ok" for s in statuses):
+            sys.exit(1)
+
+
+@hydra.main(config_path=CONF, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> str:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The measured workload: data, models and training of the latent diffusion model."""
