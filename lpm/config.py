@@ -33,7 +33,7 @@ def _show(value: Any) -> str:
 
 
 # Structured schema. OmegaConf checks types on every compose and override; `check()` adds ranges.
-# Optional[...] rather than `| None`: OmegaConf resolves these annotations itself.
+# OmegaConf reads these annotations (postponed ones too) to type-check every override.
 
 
 @dataclass
@@ -127,6 +127,33 @@ class MeasureConfig:
     autoencoder: PhaseWindow = field(default_factory=PhaseWindow)
     diffusion: PhaseWindow = field(default_factory=PhaseWindow)
     synthesis: SynthesisWindow = field(default_factory=SynthesisWindow)
+    force_cpu_power_w: float | None = None
+    force_ram_power_w: float | None = None
+
+
+@dataclass
+class SiteConfig:
+    name: str = MISSING
+    zone: str = MISSING
+    country_iso3: str = MISSING
+    pue: float = 1.58
+
+
+@dataclass
+class CarbonConfig:
+    source: str = "codecarbon"
+    csv: str | None = None
+    constant_g_per_kwh: float | None = None
+    when: str | None = None
+    api_token_env: str = "ELECTRICITYMAPS_API_TOKEN"
+    api_url: str = "https://api.electricitymap.org/v3"
+
+
+@dataclass
+class EquivalentsConfig:
+    car_g_per_km: float = 107.5
+    flight_g_per_pkm: float = 240.0
+    budget_kg_per_year: float = 1070.0
 
 
 @dataclass
@@ -143,6 +170,7 @@ class LpmConfig:
     gpus: GpusConfig = MISSING
     sampler: SamplerConfig = MISSING
     data: DataConfig = MISSING
+    site: SiteConfig = MISSING
     logger: Any = None
     scale: str = "auto"
     seed: int = 0
@@ -150,6 +178,8 @@ class LpmConfig:
     batch: Batch = field(default_factory=Batch)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
+    carbon: CarbonConfig = field(default_factory=CarbonConfig)
+    equivalents: EquivalentsConfig = field(default_factory=EquivalentsConfig)
 
 
 ConfigStore.instance().store(name="lpm_schema", node=LpmConfig)
@@ -194,6 +224,19 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("data.root", cfg.data.root, "no such directory")
     elif cfg.data.name not in ("phantom", "folder"):
         raise ConfigError("data.name", cfg.data.name, "must be phantom or folder")
+    if cfg.site.pue < 1:
+        raise ConfigError("site.pue", cfg.site.pue, "must be >= 1 (facility energy / IT energy)")
+    sources = ("codecarbon", "csv", "constant", "electricitymaps")
+    if cfg.carbon.source not in sources:
+        raise ConfigError(
+            "carbon.source", cfg.carbon.source, f"must be one of {', '.join(sources)}"
+        )
+    if cfg.carbon.source == "csv" and not Path(str(cfg.carbon.csv)).expanduser().is_file():
+        raise ConfigError(
+            "carbon.csv", cfg.carbon.csv, "no such file (carbon.source=csv needs one)"
+        )
+    if cfg.carbon.source == "constant" and cfg.carbon.constant_g_per_kwh is None:
+        raise ConfigError("carbon.constant_g_per_kwh", None, "set it for carbon.source=constant")
     size = cfg.dims.image_size
     if size is not None:
         n = cfg.dims.spatial_dims

@@ -83,14 +83,19 @@ def _trainer(cfg: DictConfig, phase: str, callbacks: list, logger: Any, **kwargs
     )
 
 
-def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path) -> None:
-    """Run the three measured phases, updating and rewriting `record` after each one."""
+def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price: Any) -> None:
+    """Run the three measured phases, rewriting `record` after each one.
+
+    Args:
+        price: `price(phases) -> {"carbon", "co2e_kg", "totals"}` for the record's phases.
+    """
     import hydra
     import torch
     from torch.utils.data import DataLoader
 
     from lpm.carbon.projection import project_synthesis, project_training
     from lpm.energy.callback import EnergyCallback
+    from lpm.energy.meters import NodeMeters
     from lpm.workload.data import FolderDataset, ImageDataModule, PhantomDataset
     from lpm.workload.images import save_samples_png
     from lpm.workload.ldm import (
@@ -103,45 +108,83 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path) -> No
 
     torch.manual_seed(cfg.seed)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else None
-    path = job_dir / "record.json"
     full = cfg.measure.full
+    meters = NodeMeters(
+        job_dir,
+        cfg.site.country_iso3,
+        {
+            "force_cpu_power_w": cfg.measure.force_cpu_power_w,
+            "force_ram_power_w": cfg.measure.force_ram_power_w,
+        },
+    )
+    rank0 = True
 
-    def window(phase: str) -> EnergyCallback:
+    def per_device(phase: str, world: int) -> int:
+        return max(1, spec.batch[phase] // (world if cfg.gpus.scaling == "strong" else 1))
+
+    def callback_for(phase: str) -> EnergyCallback:
         m = cfg.measure[phase]
-        warmup = {
-            "step": m.warmup,
-            "unet": m.warmup,
-            "decode": m.decode_warmup if phase == "synthesis" else 0,
-        }
-        size = {
-            u: math.ceil(n / cfg.measure.windows) for u, n in _measured_counts(cfg, phase).items()
-        }
-        return EnergyCallback(phase, warmup=warmup, window=size)
+        warmup = {"step": m.warmup, "unet": m.warmup, "decode": m.get("decode_warmup", 0)}
+        counts = {"step": m.iterations, "unet": m.iterations, "decode": m.get("decodes", 1)}
+        size = {u: math.ceil(n / cfg.measure.windows) for u, n in counts.items()}
+        return EnergyCallback(
+            phase,
+            warmup=warmup,
+            window=size,
+            meters=lambda t: meters.for_device(t.strategy.root_device, t.local_rank),
+        )
 
-    def data(phase: str, steps: int, world: int) -> ImageDataModule:
-        batch = spec.batch[phase] // (world if cfg.gpus.scaling == "strong" else 1)
-        if cfg.data.name == "folder":
-            dataset = FolderDataset(cfg.data.root, spec.image_size, spec.in_channels)
-        else:  # one epoch of fresh phantoms covers the whole phase
-            dataset = PhantomDataset(
-                spec.image_size, steps * batch * world, cfg.seed, spec.in_channels
-            )
-        return ImageDataModule(dataset, batch, cfg.data.num_workers, cfg.seed)
+    def measured(phase: str, trainer: Any, run: Any, target: dict, project: Any) -> None:
+        """Run a phase; record what it measured even when it fails part-way."""
+        nonlocal rank0
+        callback = next(c for c in trainer.callbacks if isinstance(c, EnergyCallback))
+        record.hardware = _hardware(trainer, meters.missing)
+        try:
+            run()
+        finally:
+            rank0 = trainer.global_rank == 0
+            m = callback.measurement
+            if m is not None:
+                done = all(u in m.units for u in ("step",) if phase != "synthesis") and (
+                    phase != "synthesis" or {"unet", "decode"} <= m.units.keys()
+                )
+                record.phases[phase] = PhaseRecord(
+                    measured=measured_phase(m),
+                    target=target,
+                    projected=projected_phase(project(m)) if done else {},
+                )
+                priced = price({k: vars(v) for k, v in record.phases.items()})
+                record.carbon, record.totals = priced["carbon"], priced["totals"]
+                for name, co2e in priced["co2e_kg"].items():
+                    record.phases[name].co2e_kg = co2e
+                if rank0:
+                    record.write(job_dir / "record.json")
 
-    def train(phase: str, module: Any, target: int) -> Any:
+    def train(phase: str, module: Any, target: int) -> None:
         m = cfg.measure[phase]
         steps = target if full else m.warmup + m.iterations
-        callback = window(phase)
-        trainer = _trainer(cfg, phase, [callback], logger, max_steps=steps)
-        record.hardware = _hardware(trainer)
-        trainer.fit(module, datamodule=data(phase, steps, trainer.world_size))
-        measurement = callback.measurement
-        record.phases[phase] = PhaseRecord(
-            measured=measured_phase(measurement),
-            target={"iterations": target},
-            projected=projected_phase(project_training(measurement.units["step"], target)),
+        trainer = _trainer(cfg, phase, [callback_for(phase)], logger, max_steps=steps)
+
+        def fit() -> None:
+            world = trainer.world_size
+            batch = per_device(phase, world)
+            if cfg.data.name == "folder":
+                dataset = FolderDataset(cfg.data.root, spec.image_size, spec.in_channels)
+            else:  # one epoch of fresh phantoms covers the whole phase
+                dataset = PhantomDataset(
+                    spec.image_size, steps * batch * world, cfg.seed, spec.in_channels
+                )
+            trainer.fit(
+                module, datamodule=ImageDataModule(dataset, batch, cfg.data.num_workers, cfg.seed)
+            )
+
+        measured(
+            phase,
+            trainer,
+            fit,
+            {"iterations": target},
+            lambda m: project_training(m.units["step"], target),
         )
-        return trainer
 
     ae = AutoencoderModule(spec)
     dm = DiffusionModule(
@@ -158,62 +201,55 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path) -> No
         f"{record.params['autoencoder']:,}",
         f"{record.params['unet']:,}",
     )
+    try:
+        train("autoencoder", ae, cfg.target.autoencoder_iterations)
+        train("diffusion", dm, cfg.target.diffusion_iterations)
 
-    trainer = train("autoencoder", ae, cfg.target.autoencoder_iterations)
-    rank0 = trainer.global_rank == 0
-    if rank0:
-        record.write(path)
-    trainer = train("diffusion", dm, cfg.target.diffusion_iterations)
-    if rank0:
-        record.write(path)
+        # Every rank runs the whole plan on its own chain: data-parallel synthesis.
+        trainer = _trainer(
+            cfg, "synthesis", [callback_for("synthesis")], logger, use_distributed_sampler=False
+        )
+        world, steps = trainer.world_size, cfg.sampler.steps
+        dm.sample_batch = per_device("synthesis", world)
+        chains = chains_for(cfg.target.samples, dm.sample_batch, world)
+        m = cfg.measure.synthesis
+        plan = (
+            synthesis_plan(steps, None, 0, chains)
+            if full
+            else synthesis_plan(steps, m.warmup + m.iterations, m.decode_warmup + m.decodes)
+        )
 
-    world = trainer.world_size
-    chains = chains_for(cfg.target.samples, spec.batch["synthesis"], world)
-    m = cfg.measure.synthesis
-    plan = (
-        synthesis_plan(cfg.sampler.steps, None, 0, chains)
-        if full
-        else synthesis_plan(cfg.sampler.steps, m.warmup + m.iterations, m.decode_warmup + m.decodes)
-    )
-    callback = window("synthesis")
-    # Every rank runs the whole plan on its own chain: data-parallel synthesis.
-    trainer = _trainer(cfg, "synthesis", [callback], logger, use_distributed_sampler=False)
-    with torch.no_grad():
-        trainer.predict(dm, DataLoader(plan, batch_size=None), return_predictions=False)
-    measurement = callback.measurement
-    record.phases["synthesis"] = PhaseRecord(
-        measured=measured_phase(measurement),
-        target={
+        def predict() -> None:
+            with torch.no_grad():
+                trainer.predict(dm, DataLoader(plan, batch_size=None), return_predictions=False)
+
+        target = {
             "samples": cfg.target.samples,
-            "steps": cfg.sampler.steps,
-            "batch": spec.batch["synthesis"],
+            "steps": steps,
+            "batch": dm.sample_batch * world,
             "chains": chains,
-        },
-        projected=projected_phase(
-            project_synthesis(
-                measurement.units["unet"], measurement.units["decode"], chains, cfg.sampler.steps
-            )
-        ),
-    )
-    if rank0 and dm.images is not None:
-        png = save_samples_png(dm.images.float().cpu(), job_dir / "samples.png")
-        record.samples = {
-            "path": png.name,
-            "count": dm.images.shape[0],
-            "denoising_steps": dm.chain_steps,
-            "of_steps": cfg.sampler.steps,
-            "complete": dm.chain_steps == cfg.sampler.steps,
         }
+        measured(
+            "synthesis",
+            trainer,
+            predict,
+            target,
+            lambda m: project_synthesis(m.units["unet"], m.units["decode"], chains, steps),
+        )
+        if rank0 and dm.images is not None:
+            png = save_samples_png(dm.images.float().cpu(), job_dir / "samples.png")
+            record.samples = {
+                "path": png.name,
+                "count": dm.images.shape[0],
+                "denoising_steps": dm.chain_steps,
+                "of_steps": steps,
+                "complete": dm.chain_steps == steps,
+            }
+    finally:
+        meters.close()
 
 
-def _measured_counts(cfg: DictConfig, phase: str) -> dict[str, int]:
-    m = cfg.measure[phase]
-    if phase == "synthesis":
-        return {"unet": m.iterations, "decode": m.decodes}
-    return {"step": m.iterations}
-
-
-def _hardware(trainer: Any) -> dict[str, Any]:
+def _hardware(trainer: Any, missing_meters: dict[str, str]) -> dict[str, Any]:
     import torch
 
     device = trainer.strategy.root_device
@@ -226,6 +262,7 @@ def _hardware(trainer: Any) -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
+        "missing_meters": dict(missing_meters),
     }
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lpm.config import ConfigError, check, resolve_scale, resolve_spec
 from lpm.record.record import Record, read_status
@@ -78,6 +79,29 @@ def _install_relaunch() -> None:
     pytorch_launcher._hydra_subprocess_cmd = _relaunch_this_job
 
 
+def pricer(cfg: DictConfig) -> Callable[[dict], dict]:
+    """The job's pricing function, with the intensity looked up now so a bad zone fails early.
+
+    Raises:
+        ConfigError: for an unknown zone or an unusable intensity source.
+    """
+    from lpm.carbon.equivalents import Factors
+    from lpm.carbon.intensity import UnknownZone, source_from_config
+    from lpm.carbon.pricing import price
+
+    try:
+        source = source_from_config(OmegaConf.to_container(cfg.carbon))
+        intensity = source.lookup(cfg.site.zone, cfg.carbon.when)
+        factors = Factors.from_config(OmegaConf.to_container(cfg.equivalents))
+    except UnknownZone as exc:
+        raise ConfigError(
+            "site.zone", cfg.site.zone, str(exc.args[0] if exc.args else exc)
+        ) from exc
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ConfigError("carbon", cfg.carbon.source, str(exc)) from exc
+    return lambda phases: price(phases, intensity, cfg.site.pue, factors)
+
+
 def run(cfg: DictConfig) -> str:
     """Run one job; return its status. Exits non-zero outside a sweep when the job fails."""
     from lpm.job import axes_of, execute, finish_loggers, reset_distributed
@@ -107,6 +131,7 @@ def run(cfg: DictConfig) -> str:
     try:
         check(cfg)
         spec = resolve_spec(cfg, resolve_scale(cfg))
+        price = pricer(cfg)
     except ConfigError as exc:
         if not multirun:
             print(f"lpm: config error: {exc}", file=sys.stderr)
@@ -120,7 +145,7 @@ def run(cfg: DictConfig) -> str:
     _quiet()
     _install_relaunch()
     try:
-        execute(cfg, spec, record, job_dir)
+        execute(cfg, spec, record, job_dir, price)
         record.status = "ok"
     except KeyboardInterrupt:
         record.status, record.error = "interrupted", "KeyboardInterrupt"

@@ -8,13 +8,15 @@ trainer.fit(model, data); print(callback.measurement.units["step"].seconds_per_i
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
 from lpm.energy.window import Meter, PhaseMeasurement, UnitMeasurement, Window
+
+COMPONENTS = ("gpu", "cpu", "ram")
 
 
 def unit_of(batch: Any) -> str:
@@ -35,7 +37,12 @@ class EnergyCallback(pl.Callback):
         phase: name the measurement is reported under.
         warmup: batches per unit that are run but not counted (an int applies to every unit).
         window: batches per sub-window, per unit; None keeps one window per contiguous run.
-        meters: energy meters read at every window edge.
+        meters: energy meters read at every window edge, or a function of the trainer that
+            returns them (called once the process knows its device and rank).
+
+    Under DDP every rank measures its own windows (its GPU; CPU and RAM where its meters cover
+    them); at the end of the loop the windows are summed over ranks (seconds: the slowest rank)
+    so every rank holds the same, whole-job measurement.
     """
 
     def __init__(
@@ -43,15 +50,17 @@ class EnergyCallback(pl.Callback):
         phase: str = "fit",
         warmup: int | Mapping[str, int] = 0,
         window: int | Mapping[str, int] | None = None,
-        meters: Sequence[Meter] = (),
+        meters: Sequence[Meter] | Callable[[pl.Trainer], Sequence[Meter]] = (),
     ) -> None:
         self.phase = phase
-        self.warmup, self.window, self.meters = warmup, window, list(meters)
+        self.warmup, self.window, self._meters_arg = warmup, window, meters
+        self.meters: list[Meter] = []
         self.measurement: PhaseMeasurement | None = None
         self._windows: list[Window] = []
         self._seen: dict[str, int] = {}
         self._open: tuple[str, int, float, dict[str, float]] | None = None  # unit, n, t0, e0
         self._device: torch.device | None = None
+        self._trainer: pl.Trainer | None = None
 
     @staticmethod
     def _per_unit(value: int | Mapping[str, int] | None, unit: str) -> int | None:
@@ -73,10 +82,20 @@ class EnergyCallback(pl.Callback):
         energy = {k: e1[k] - e0[k] for k in e1.keys() & e0.keys()}
         self._windows.append(Window(unit, n, t1 - t0, energy))
         self._open = None
+        if self._trainer is not None and self._trainer.loggers and t1 > t0:
+            metrics = {f"energy/{self.phase}/{unit}/seconds_per_it": (t1 - t0) / max(n, 1)}
+            metrics |= {
+                f"energy/{self.phase}/{unit}/{k}_w": v / (t1 - t0) for k, v in energy.items()
+            }
+            for logger in self._trainer.loggers:
+                logger.log_metrics(metrics, step=sum(self._seen.values()))
 
     def _start(self, trainer: pl.Trainer) -> None:
         self._device = trainer.strategy.root_device
+        arg = self._meters_arg
+        self.meters = list(arg(trainer) if callable(arg) else arg)
         self._windows, self._seen, self._open, self.measurement = [], {}, None, None
+        self._trainer = trainer if trainer.is_global_zero else None
 
     def _batch_start(self, batch: Any) -> None:
         unit = unit_of(batch)
@@ -100,10 +119,36 @@ class EnergyCallback(pl.Callback):
             u, n, t0, e0 = self._open
             self._open = (u, n + 1, t0, e0)
 
-    def _end(self, trainer: pl.Trainer) -> None:
-        self._close()
+    def _reduce(self, trainer: pl.Trainer) -> list[Window]:
+        """Sum each window's energy over ranks; its duration is the slowest rank's."""
+        if trainer.world_size == 1 or not self._windows:
+            return self._windows
+        device = trainer.strategy.root_device
+        rows = [[w.energy_j.get(c, 0.0) for c in COMPONENTS] for w in self._windows]
+        present = [[float(c in w.energy_j) for c in COMPONENTS] for w in self._windows]
+        energy = trainer.strategy.reduce(
+            torch.tensor(rows, dtype=torch.float64, device=device), reduce_op="sum"
+        )
+        present = trainer.strategy.reduce(
+            torch.tensor(present, dtype=torch.float64, device=device), reduce_op="sum"
+        )
+        seconds = torch.tensor(
+            [w.seconds for w in self._windows], dtype=torch.float64, device=device
+        )
+        seconds = trainer.strategy.reduce(seconds, reduce_op="max")
+        return [
+            Window(
+                w.unit,
+                w.iterations,
+                float(seconds[i]),
+                {c: float(energy[i, j]) for j, c in enumerate(COMPONENTS) if present[i, j] > 0},
+            )
+            for i, w in enumerate(self._windows)
+        ]
+
+    def _finish(self, windows: list[Window]) -> None:
         units: dict[str, list[Window]] = {}
-        for w in self._windows:
+        for w in windows:
             units.setdefault(w.unit, []).append(w)
         methods: dict[str, str] = {}
         for meter in self.meters:
@@ -111,6 +156,10 @@ class EnergyCallback(pl.Callback):
         self.measurement = PhaseMeasurement(
             self.phase, {u: UnitMeasurement(u, tuple(ws)) for u, ws in units.items()}, methods
         )
+
+    def _end(self, trainer: pl.Trainer) -> None:
+        self._close()
+        self._finish(self._reduce(trainer))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(trainer)
@@ -135,3 +184,10 @@ class EnergyCallback(pl.Callback):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exc: BaseException
+    ) -> None:
+        # Keep what was measured before the crash, unreduced: the other ranks may be gone.
+        self._close()
+        self._finish(self._windows)

@@ -110,6 +110,9 @@ class DiffusionModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.spec, self.lr, self.seed, self.steps = spec, lr, seed, steps
+        self.sample_batch = spec.batch[
+            "synthesis"
+        ]  # per device; the job sets it for strong scaling
         self.unet = build_unet(spec)
         self.autoencoder = autoencoder  # frozen at fit start, once stage 1 has trained it
         self.train_scheduler = make_scheduler()
@@ -153,7 +156,7 @@ class DiffusionModule(pl.LightningModule):
             return
         if item["step"] == 0:  # a new chain: fresh noise, scheduler state reset
             shape = (
-                self.spec.batch["synthesis"],
+                self.sample_batch,
                 self.spec.autoencoder["latent_channels"],
                 *self.spec.latent_size,
             )

@@ -1,0 +1,84 @@
+"""Price measured and projected energy: `co2e = energy_kWh × PUE × intensity(zone, time)`.
+
+Works on the record's plain-dict phases so that finished records can be re-priced for any zone
+and month without rerunning anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lpm.carbon.equivalents import Factors, equivalents
+from lpm.carbon.intensity import Intensity
+
+J_PER_KWH = 3.6e6
+
+
+def _kg(kwh: float | None, pue: float, intensity: Intensity) -> float | None:
+    return None if kwh is None else kwh * pue * intensity.g_per_kwh / 1000.0
+
+
+def price(
+    phases: Mapping[str, Mapping[str, Any]],
+    intensity: Intensity,
+    pue: float,
+    factors: Factors | None = None,
+) -> dict[str, Any]:
+    """CO2e of every phase, measured and projected, and the job's projected totals.
+
+    Args:
+        phases: the record's `phases` mapping (each with `measured.energy_j.total` in joules
+            and `projected.energy_kwh` with `energy_kwh_ci95`).
+        intensity: grid carbon intensity to price at.
+        pue: data-centre power usage effectiveness (facility / IT energy).
+        factors: everyday-equivalent factors.
+
+    Returns:
+        `{"carbon": {...}, "co2e_kg": {phase: {measured, projected, projected_ci95}},
+        "totals": {...}}`; energies without a measurement stay None.
+    """
+    co2e: dict[str, dict[str, Any]] = {}
+    measured_kwh: list[float] = []
+    projected_kwh: list[float] = []
+    ci_low: list[float] = []
+    ci_high: list[float] = []
+    for name, phase in phases.items():
+        joules = (phase.get("measured") or {}).get("energy_j", {}).get("total")
+        m_kwh = None if joules is None else joules / J_PER_KWH
+        projected = phase.get("projected") or {}
+        p_kwh, ci = projected.get("energy_kwh"), projected.get("energy_kwh_ci95")
+        co2e[name] = {
+            "measured": _kg(m_kwh, pue, intensity),
+            "projected": _kg(p_kwh, pue, intensity),
+            "projected_ci95": [_kg(ci[0], pue, intensity), _kg(ci[1], pue, intensity)]
+            if ci
+            else None,
+        }
+        if m_kwh is not None:
+            measured_kwh.append(m_kwh)
+        if p_kwh is not None:
+            projected_kwh.append(p_kwh)
+            ci_low.append(ci[0] if ci else p_kwh)
+            ci_high.append(ci[1] if ci else p_kwh)
+    complete = len(projected_kwh) == len(phases) and bool(phases)
+    total_kwh = sum(projected_kwh) if complete else None
+    total_kg = _kg(total_kwh, pue, intensity)
+    totals: dict[str, Any] = {
+        "energy_kwh": total_kwh,
+        "energy_kwh_ci95": [sum(ci_low), sum(ci_high)] if complete else None,
+        "co2e_kg": total_kg,
+        "measured_energy_kwh": sum(measured_kwh) if measured_kwh else None,
+        "measured_co2e_kg": _kg(sum(measured_kwh), pue, intensity) if measured_kwh else None,
+    }
+    totals |= equivalents(total_kg, factors or Factors()) if total_kg is not None else {}
+    carbon = {
+        "zone": intensity.zone,
+        "period": intensity.period,
+        "intensity_g_per_kwh": intensity.g_per_kwh,
+        "intensity_source": intensity.source,
+        "intensity_kind": intensity.kind,
+        "intensity_basis": intensity.basis,
+        "pue": pue,
+    }
+    return {"carbon": carbon, "co2e_kg": co2e, "totals": totals}
