@@ -5,6 +5,7 @@ Light on purpose (no torch): `--help`, config validation and the report import i
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -183,6 +184,17 @@ class LpmConfig:
 
 
 ConfigStore.instance().store(name="lpm_schema", node=LpmConfig)
+
+
+def job_dirname(overrides: str, limit: int = 120) -> str:
+    """A job directory named by its overrides, cut with a hash suffix to stay a valid filename."""
+    name = overrides.replace("/", "_") or "defaults"
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("lpm_dirname", job_dirname, replace=True)
 
 
 def _at_least(key: str, value: Any, low: int) -> None:

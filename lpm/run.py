@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lpm.config import ConfigError, check, resolve_scale, resolve_spec
 from lpm.record.record import Record, read_status
+from lpm.record.sinks import save
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger("lpm")
@@ -62,7 +63,7 @@ def _relaunch_this_job(local_rank: int) -> tuple[list[str], str]:
     hc = HydraConfig.get()
     command = [sys.executable, "-m", "lpm.run", *hc.overrides.task]
     command += [
-        f"hydra.run.dir={hc.runtime.output_dir}",
+        f'hydra.run.dir="{hc.runtime.output_dir}"',  # job dirs hold = and , (override names)
         "hydra.output_subdir=null",
         f"hydra.job.name=rank{local_rank}",
     ]
@@ -156,12 +157,12 @@ def run(cfg: DictConfig) -> str:
             (job_dir / "error.txt").write_text(traceback.format_exc())
         log.error("  job failed: %s (traceback in error.txt)", record.error)
     finally:
-        finish_loggers()
-        reset_distributed()
         record.job["seconds"] = time.time() - t0
         if rank0:
-            record.write(path)
+            save(record, job_dir)
             log.info("  %s in %.1f s -> %s", record.status, record.job["seconds"], path)
+        finish_loggers()
+        reset_distributed()
     if record.status != "ok" and not multirun:
         sys.exit(1)
     return record.status

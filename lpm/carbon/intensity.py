@@ -339,15 +339,20 @@ def _detect(path: Path, header: list[str], zone_column: str | None, basis: str |
 
 
 def _infer_kind(starts: list[datetime], first_text: str) -> str:
+    """Granularity from the written precision ("2024", "2024-01"), else from calendar alignment:
+    gaps alone would read a sparse monthly series (January, July) as annual."""
+    written = _PRECISION.get(len(first_text.strip()))
+    if written in ("annual", "monthly"):
+        return written
+    if any(t.hour or t.minute or t.second for t in starts):
+        return "hourly"
     if len(starts) < 2:
-        return _PRECISION.get(len(first_text.strip()), "hourly")
+        return written or "daily"
     gap = statistics.median(b - a for a, b in pairwise(starts))
-    limits = {
-        "hourly": timedelta(hours=2),
-        "daily": timedelta(days=2),
-        "monthly": timedelta(days=62),
-    }
-    return next((kind for kind, limit in limits.items() if gap <= limit), "annual")
+    if gap >= timedelta(days=28) and all(t.day == 1 for t in starts):
+        yearly = gap >= timedelta(days=365) and all(t.month == 1 for t in starts)
+        return "annual" if yearly else "monthly"
+    return "daily" if gap >= timedelta(days=1) else "hourly"
 
 
 class CsvSeries:

@@ -123,7 +123,8 @@ class DiffusionModule(pl.LightningModule):
         self.chain_steps = 0  # denoising steps the current chain has taken
         self.images: torch.Tensor | None = None
 
-    def on_fit_start(self) -> None:
+    def setup(self, stage: str) -> None:
+        # Before DDP wraps the module: frozen parameters are then not expected to get gradients.
         self.autoencoder.requires_grad_(False)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
