@@ -1,3 +1,4 @@
+# ruff: noqa: N802, N801, N818  (pynvml's own names)
 """A fake `pynvml` at its own boundary: the functions lpm calls, over devices the test controls.
 
 Energy counters are monotonic and advance only when a test says so, so expected joules are exact.
@@ -11,15 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
-class NVMLError(Exception):  # noqa: N818  (pynvml's name)
+class NVMLError(Exception):
     pass
 
 
-class NVMLError_NotSupported(NVMLError):  # noqa: N801
+class NVMLError_NotSupported(NVMLError):
     pass
 
 
-class NVMLError_NotFound(NVMLError):  # noqa: N801
+class NVMLError_NotFound(NVMLError):
     pass
 
 

@@ -102,9 +102,8 @@ class Steps(pl.LightningModule):
 class FakeCpu:
     """A node-level meter: +2 J per read, so its total depends on how often it is read."""
 
-    methods = {"cpu": "estimate"}
-
     def __init__(self) -> None:
+        self.methods = {"cpu": "estimate"}
         self.j = 0.0
 
     def read_j(self) -> dict[str, float]:
