@@ -49,8 +49,8 @@ format: install-dev ## format and autofix with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install-dev ## benchmarks (measurement overhead, projection vs full run)
-	@echo "no benchmarks yet"; exit 1
+bench: install-dev ## benchmarks: callback overhead, projection vs full run -> multirun/bench.json
+	$(BIN)/python -m lpm.bench --out multirun/bench.json
 
 report: install ## report on the latest sweep under multirun/
 	@echo "no report yet"; exit 1

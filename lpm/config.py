@@ -232,8 +232,10 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("gpus.devices", devices, "must be an integer >= 1 or auto")
     _at_least("gpus.num_nodes", cfg.gpus.num_nodes, 1)
     _at_least("data.num_workers", cfg.data.num_workers, 0)
-    if cfg.data.name == "folder" and not Path(str(cfg.data.root)).expanduser().is_dir():
-        raise ConfigError("data.root", cfg.data.root, "no such directory")
+    if cfg.data.name == "folder" and (
+        cfg.data.root is None or not Path(cfg.data.root).expanduser().is_dir()
+    ):
+        raise ConfigError("data.root", cfg.data.root, "data=folder needs an existing directory")
     elif cfg.data.name not in ("phantom", "folder"):
         raise ConfigError("data.name", cfg.data.name, "must be phantom or folder")
     if cfg.site.pue < 1:

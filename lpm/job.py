@@ -122,11 +122,16 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
     def per_device(phase: str, world: int) -> int:
         return max(1, spec.batch[phase] // (world if cfg.gpus.scaling == "strong" else 1))
 
-    def callback_for(phase: str) -> EnergyCallback:
+    def callback_for(phase: str, counts: dict[str, int]) -> EnergyCallback:
+        """The phase's measured windows; `counts`: measured iterations per unit of work."""
         m = cfg.measure[phase]
-        warmup = {"step": m.warmup, "unet": m.warmup, "decode": m.get("decode_warmup", 0)}
-        counts = {"step": m.iterations, "unet": m.iterations, "decode": m.get("decodes", 1)}
-        size = {u: math.ceil(n / cfg.measure.windows) for u, n in counts.items()}
+        # A full run measures its whole budget, warm-up included: that is what it costs.
+        warmup = (
+            {}
+            if full
+            else {"step": m.warmup, "unet": m.warmup, "decode": m.get("decode_warmup", 0)}
+        )
+        size = {u: max(1, math.ceil(n / cfg.measure.windows)) for u, n in counts.items()}
         return EnergyCallback(
             phase,
             warmup=warmup,
@@ -160,10 +165,11 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
                 if rank0:
                     record.write(job_dir / "record.json")
 
-    def train(phase: str, module: Any, target: int) -> None:
+    def train(phase: str, module: Any, target: int) -> Any:
         m = cfg.measure[phase]
         steps = target if full else m.warmup + m.iterations
-        trainer = _trainer(cfg, phase, [callback_for(phase)], logger, max_steps=steps)
+        counts = {"step": target if full else m.iterations}
+        trainer = _trainer(cfg, phase, [callback_for(phase, counts)], logger, max_steps=steps)
 
         def fit() -> None:
             world = trainer.world_size
@@ -185,6 +191,7 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
             {"iterations": target},
             lambda m: project_training(m.units["step"], target),
         )
+        return trainer
 
     ae = AutoencoderModule(spec)
     dm = DiffusionModule(
@@ -203,21 +210,21 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
     )
     try:
         train("autoencoder", ae, cfg.target.autoencoder_iterations)
-        train("diffusion", dm, cfg.target.diffusion_iterations)
+        trainer = train("diffusion", dm, cfg.target.diffusion_iterations)
 
         # Every rank runs the whole plan on its own chain: data-parallel synthesis.
-        trainer = _trainer(
-            cfg, "synthesis", [callback_for("synthesis")], logger, use_distributed_sampler=False
-        )
         world, steps = trainer.world_size, cfg.sampler.steps
         dm.sample_batch = per_device("synthesis", world)
         chains = chains_for(cfg.target.samples, dm.sample_batch, world)
         m = cfg.measure.synthesis
-        plan = (
-            synthesis_plan(steps, None, 0, chains)
-            if full
-            else synthesis_plan(steps, m.warmup + m.iterations, m.decode_warmup + m.decodes)
-        )
+        if full:
+            plan = synthesis_plan(steps, None, 0, chains)
+            counts = {"unet": chains * steps, "decode": chains}
+        else:
+            plan = synthesis_plan(steps, m.warmup + m.iterations, m.decode_warmup + m.decodes)
+            counts = {"unet": m.iterations, "decode": m.decodes}
+        callback = callback_for("synthesis", counts)
+        trainer = _trainer(cfg, "synthesis", [callback], logger, use_distributed_sampler=False)
 
         def predict() -> None:
             with torch.no_grad():

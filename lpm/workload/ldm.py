@@ -52,15 +52,33 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _is_scheduler(cls: Any) -> bool:
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, diffusers.SchedulerMixin)
+        and cls is not diffusers.SchedulerMixin
+        and hasattr(cls, "from_config")
+    )
+
+
 def make_scheduler(name: str = "DDPMScheduler", **kwargs: Any) -> diffusers.SchedulerMixin:
     """A diffusers scheduler by class name, on the training noise schedule.
 
     Raises:
         ValueError: naming `sampler.scheduler` and listing the schedulers diffusers has.
     """
-    cls = getattr(diffusers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
+    cls = getattr(diffusers, name, None) if name.endswith("Scheduler") else None
+    if type(cls).__name__ == "DummyObject":  # diffusers' placeholder for a missing dependency
+        try:
+            cls()
+        except ImportError as exc:
+            raise ValueError(f"sampler.scheduler={name}: {' '.join(str(exc).split())}") from exc
+    if not _is_scheduler(cls):
+        known = sorted(
+            n
+            for n in dir(diffusers)
+            if n.endswith("Scheduler") and _is_scheduler(getattr(diffusers, n))
+        )
         raise ValueError(f"sampler.scheduler={name}: not a diffusers scheduler; one of {known}")
     base = diffusers.DDPMScheduler(**TRAIN_SCHEDULE)
     return cls.from_config(base.config, **kwargs)

@@ -1,0 +1,266 @@
+"""`python -m lpm.run` end to end, in subprocesses: tiny jobs, sweeps, failures, bad input."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from conftest import SHORT_DIRNAMES, SIZE_2D, SIZE_3D, TINY, compose_cfg, lpm_run, read_record
+from PIL import Image
+
+from lpm.config import resolve_spec
+from lpm.workload.ldm import build_autoencoder, build_unet, count_params
+
+JOBS = {"2d": ["model=small", *TINY, *SIZE_2D], "3d": ["model=small", *TINY, *SIZE_3D]}
+# What TINY asks for: 1 warm-up + 2 measured iterations per phase, 1 measured decode, 2 windows.
+MEASURED = {
+    "autoencoder": {"step": 2},
+    "diffusion": {"step": 2},
+    "synthesis": {"unet": 2, "decode": 1},
+}
+WINDOWS = 2
+
+
+def output(proc: subprocess.CompletedProcess[str]) -> str:
+    return proc.stdout + proc.stderr
+
+
+def records(sweep: Path) -> dict[str, dict[str, Any]]:
+    """Job directory name -> record, for every record under a sweep dir."""
+    return {p.parent.name: read_record(p.parent) for p in sweep.glob("**/record.json")}
+
+
+class Job(NamedTuple):
+    dims: str
+    proc: subprocess.CompletedProcess[str]
+    out: Path
+    record: dict[str, Any]
+
+
+@pytest.fixture(scope="module", params=sorted(JOBS))
+def job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp(f"job-{request.param}") / "run"
+    proc = lpm_run(*JOBS[request.param], out=out)
+    assert proc.returncode == 0, output(proc)[-3000:]
+    return Job(request.param, proc, out, read_record(out))
+
+
+def test_job_succeeds(job: Job) -> None:
+    record = job.record
+    assert "Traceback" not in output(job.proc)
+    assert "job 1/1" in job.proc.stdout
+    assert record["status"] == "ok" and record["error"] is None
+    assert record["schema"] == "lpm.record/1"
+
+
+def test_record_has_the_schema_keys(job: Job) -> None:
+    record = job.record
+    for key in ("schema", "status", "error", "axes", "params", "hardware", "phases"):
+        assert key in record, key
+    axes = ("model", "dims", "gpus", "sampler", "steps", "precision", "image_size", "batch_size")
+    assert set(axes) <= set(record["axes"])
+    assert set(record["params"]) >= {"autoencoder", "unet"}
+    hardware = ("accelerator", "devices", "nodes", "gpu_name", "cpu_model")
+    assert set(hardware) <= set(record["hardware"])
+    assert set(record["phases"]) == {"autoencoder", "diffusion", "synthesis"}
+    for name, phase in record["phases"].items():
+        assert {"measured", "target", "projected", "co2e_kg"} <= set(phase), name
+        assert {"iterations", "seconds", "energy_j", "method"} <= set(phase["measured"]), name
+
+
+def test_record_describes_the_job(job: Job) -> None:
+    dims, record = job.dims, job.record
+    size = [16] * int(dims[0])
+    axes = record["axes"]
+    assert (axes["model"], axes["dims"], axes["gpus"]) == ("small", dims, "cpu")
+    assert (axes["sampler"], axes["steps"], axes["precision"]) == ("ddpm", 1000, "32-true")
+    assert axes["image_size"] == size
+    assert record["spec"]["latent_size"] == [s // 4 for s in size]
+    spec = resolve_spec(compose_cfg(*JOBS[dims]), "cpu")
+    assert axes["batch_size"] == spec.batch
+    assert record["params"]["autoencoder"] == count_params(build_autoencoder(spec))
+    assert record["params"]["unet"] == count_params(build_unet(spec))
+    hw = record["hardware"]
+    assert (hw["accelerator"], hw["devices"], hw["nodes"], hw["gpu_name"]) == ("cpu", 1, 1, None)
+    assert isinstance(hw["cpu_model"], str) and hw["cpu_model"]
+
+
+def test_measured_iterations_are_what_the_overrides_asked(job: Job) -> None:
+    record = job.record
+    for name, units in MEASURED.items():
+        measured = record["phases"][name]["measured"]
+        assert measured["iterations"] == sum(units.values()), name
+        assert measured["seconds"] > 0
+        assert {u: m["iterations"] for u, m in measured["units"].items()} == units, name
+        for u, n in units.items():
+            assert measured["units"][u]["windows"] == math.ceil(n / math.ceil(n / WINDOWS))
+
+
+def test_projection_is_per_iteration_cost_times_target(job: Job) -> None:
+    record = job.record
+    phases = record["phases"]
+    for name in ("autoencoder", "diffusion"):
+        step = phases[name]["measured"]["units"]["step"]["seconds_per_iteration"]
+        target = phases[name]["target"]["iterations"]
+        assert target == 150_000
+        assert phases[name]["projected"]["seconds"] == pytest.approx(step["mean"] * target)
+        low, high = phases[name]["projected"]["seconds_ci95"]
+        assert low == pytest.approx(step["ci95"][0] * target)
+        assert high == pytest.approx(step["ci95"][1] * target)
+    synthesis = phases["synthesis"]
+    units, target = synthesis["measured"]["units"], synthesis["target"]
+    batch = record["axes"]["batch_size"]["synthesis"]
+    assert (target["samples"], target["steps"], target["batch"]) == (10_000, 1000, batch)
+    assert target["chains"] == math.ceil(10_000 / batch)
+    unet, decode = units["unet"]["seconds_per_iteration"], units["decode"]["seconds_per_iteration"]
+    expected = target["chains"] * (target["steps"] * unet["mean"] + decode["mean"])
+    assert synthesis["projected"]["seconds"] == pytest.approx(expected)
+
+
+def test_job_writes_samples_config_and_log(job: Job) -> None:
+    out, record = job.out, job.record
+    with Image.open(out / "samples.png") as image:
+        image.load()
+        assert min(image.size) >= 16
+    assert record["samples"]["path"] == "samples.png"
+    assert record["samples"]["count"] == record["axes"]["batch_size"]["synthesis"]
+    assert record["samples"]["denoising_steps"] == 1 + 2  # warm-up + measured UNet evaluations
+    assert record["samples"]["complete"] is False
+    assert (out / ".hydra" / "config.yaml").is_file()
+    log = (out / "lpm.log").read_text()
+    assert "job 1/1" in log and "record.json" in log
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+
+def test_sweep_runs_every_job_and_a_rerun_skips_them(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = [*TINY, *SIZE_2D, "model=small,base", "sampler=ddpm,ddim", SHORT_DIRNAMES]
+    proc = lpm_run(*args, out=sweep, multirun=True)
+    assert proc.returncode == 0, output(proc)[-3000:]
+    for i in range(1, 5):
+        assert f"job {i}/4" in proc.stdout
+    found = records(sweep)
+    assert len(found) == 4
+    assert {(r["axes"]["model"], r["axes"]["sampler"]) for r in found.values()} == {
+        (m, s) for m in ("small", "base") for s in ("ddpm", "ddim")
+    }
+    for name, record in found.items():
+        assert record["status"] == "ok", name
+        assert record["axes"]["model"] in name and record["axes"]["sampler"] in name, name
+    paths = sorted(sweep.glob("**/record.json"))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
+
+    again = lpm_run(*args, out=sweep, multirun=True)
+    assert again.returncode == 0, output(again)[-3000:]
+    assert again.stdout.count("skipped") == 4
+    assert "params:" not in again.stdout  # nothing was built, let alone trained
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths} == before
+
+
+def test_sweep_job_dirs_fit_in_a_file_name(tmp_path: Path) -> None:
+    """The documented tiny overrides, swept as they are: job dir names stay legal and distinct."""
+    sweep = tmp_path / "sweep"
+    args = ["model=small", *TINY, *SIZE_2D, "sampler=ddpm,ddim"]
+    proc = lpm_run(*args, out=sweep, multirun=True)
+    assert "Traceback" not in output(proc), output(proc)[-3000:]
+    assert proc.returncode == 0, output(proc)[-3000:]
+    found = records(sweep)
+    assert len(found) == 2
+    assert sorted(r["axes"]["sampler"] for r in found.values()) == ["ddim", "ddpm"]
+    assert all(r["status"] == "ok" for r in found.values())
+    for path in sweep.rglob("*"):
+        assert len(path.name.encode()) <= 255, path.name
+
+
+def test_a_failing_job_does_not_take_the_sweep_down(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = lpm_run(
+        "model=small", *TINY, *SIZE_2D, "sampler.scheduler=DDIMScheduler,NoSuchScheduler",
+        SHORT_DIRNAMES, out=sweep, multirun=True,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "job 2/2" in proc.stdout
+    found = {r["axes"]["scheduler"]: (name, r) for name, r in records(sweep).items()}
+    assert set(found) == {"DDIMScheduler", "NoSuchScheduler"}
+    assert found["DDIMScheduler"][1]["status"] == "ok"
+    name, failed = found["NoSuchScheduler"]
+    assert failed["status"] == "failed"
+    assert "\n" not in failed["error"]
+    assert "sampler.scheduler" in failed["error"] and "NoSuchScheduler" in failed["error"]
+    assert (sweep / name / "error.txt").is_file()
+
+
+def test_config_errors_in_a_sweep_are_recorded(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = lpm_run(
+        "model=small", *TINY, *SIZE_2D, "sampler.steps=0,-1", SHORT_DIRNAMES,
+        out=sweep, multirun=True,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in output(proc)
+    errors = sorted(r["error"] for r in records(sweep).values() if r["status"] == "failed")
+    assert len(errors) == 2
+    assert all("sampler.steps=" in e and ">= 1" in e for e in errors), errors
+
+
+def test_full_mode_keeps_the_configured_window_count(tmp_path: Path) -> None:
+    """measure.full measures the whole budget, warm-up included; `measure.windows` still holds."""
+    out = tmp_path / "run"
+    proc = lpm_run(
+        "model=small", *TINY, *SIZE_2D, "measure.full=true", "target.autoencoder_iterations=7",
+        "target.diffusion_iterations=7", "target.samples=8", "batch.synthesis=4", "sampler=ddim",
+        "sampler.steps=3", out=out,
+    )  # fmt: skip
+    assert proc.returncode == 0, output(proc)[-3000:]
+    record = read_record(out)
+    assert record["phases"]["synthesis"]["target"]["chains"] == 2
+    assert record["samples"]["complete"] is True
+    assert record["samples"]["denoising_steps"] == 3
+    units = {
+        (phase, unit): measured
+        for phase, p in record["phases"].items()
+        for unit, measured in p["measured"]["units"].items()
+    }
+    assert units["synthesis", "unet"]["iterations"] == 2 * 3  # every step of every chain
+    assert units["diffusion", "step"]["iterations"] == 7
+    assert units["synthesis", "decode"]["iterations"] == 2
+    for key, measured in units.items():
+        assert measured["windows"] <= WINDOWS, (key, measured["windows"], measured["iterations"])
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model=huge"], ["model", "huge", "small", "base", "large"]),
+        (["dims=4d"], ["dims", "4d", "2d", "3d"]),
+        (["sampler.steps=0"], ["sampler.steps", ">= 1"]),
+        (["sampler.steps=abc"], ["sampler.steps", "Integer"]),
+        (["dims=3d", "dims.image_size=[64]"], ["dims.image_size", "3 entries"]),
+        (["dims.image_size=[20,20]"], ["dims.image_size", "divide by 16"]),
+        (
+            ["data=folder", "data.root=/does/not/exist"],
+            ["data.root", "/does/not/exist", "directory"],
+        ),
+        (["target.samples=-1"], ["target.samples", ">= 1"]),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) and "=" in v[0] else None,
+)
+def test_bad_input_exits_with_a_clear_message(
+    overrides: list[str], expected: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    proc = lpm_run(*TINY, *overrides, out=out, timeout=60)
+    text = output(proc)
+    assert proc.returncode != 0
+    assert "Traceback" not in text, text
+    for part in expected:
+        assert part in text, (part, text)
+    assert not (out / "record.json").exists() or read_record(out)["status"] != "ok"
