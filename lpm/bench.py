@@ -58,7 +58,7 @@ def overhead(steps: int = 200, repeats: int = 5) -> dict[str, Any]:
             EnergyCallback(
                 warmup=0,
                 window=steps // 5,
-                meters=lambda t: meters.for_device(t.strategy.root_device, t.local_rank),
+                meters=meters,
             )
         ] if measured else []  # fmt: skip
         trainer = pl.Trainer(

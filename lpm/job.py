@@ -136,7 +136,7 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
             phase,
             warmup=warmup,
             window=size,
-            meters=lambda t: meters.for_device(t.strategy.root_device, t.local_rank),
+            meters=meters,
         )
 
     def measured(phase: str, trainer: Any, run: Any, target: dict, project: Any) -> None:

@@ -201,3 +201,40 @@ def test_node_meters_never_crash_a_run_without_nvml(tmp_path: Path, monkeypatch)
     assert meters == []
     assert "NVML" in node.missing["gpu"]
     node.close()
+
+
+def test_readme_snippet_measures_a_model_that_is_not_lpms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## The callback in any Lightning project", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len([line for line in snippet.splitlines() if line.strip()]) == 3
+
+    class Regression(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch).pow(2).mean()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def trainer(**kwargs: object) -> pl.Trainer:
+        quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        return pl.Trainer(
+            accelerator="cpu", max_steps=140, enable_model_summary=False, **quiet, **kwargs
+        )
+
+    monkeypatch.chdir(tmp_path)
+    namespace = {"Trainer": trainer, "model": Regression(), "datamodule": _loader()}
+    namespace["datamodule"] = torch.utils.data.DataLoader(torch.randn(512, 4), batch_size=2)
+    exec(snippet, namespace)
+    energy = namespace["energy"]
+    unit = energy.measurement.units["step"]
+    assert unit.iterations == 120 and len(unit.windows) == 2  # 20 warm-up steps not counted
+    assert unit.joules_per_iteration.mean > 0
+    assert set(energy.measurement.methods) == {"cpu", "ram"}
+    assert (tmp_path / "energy").is_dir()

@@ -174,11 +174,20 @@ class NodeMeters:
     summing over ranks counts every GPU once and every node once.
     """
 
-    def __init__(self, output_dir: str | Path, country_iso3: str, codecarbon: dict | None = None):
+    def __init__(
+        self,
+        output_dir: str | Path = "energy",
+        country_iso3: str = "USA",
+        codecarbon: dict | None = None,
+    ) -> None:
         self.output_dir, self.country_iso3 = Path(output_dir), country_iso3
         self.codecarbon = codecarbon or {}
         self.meters: list[Any] | None = None
         self.missing: dict[str, str] = {}
+
+    def __call__(self, trainer: Any) -> list[Any]:
+        """Meters for a trainer's process: pass a NodeMeters as `EnergyCallback(meters=...)`."""
+        return self.for_device(trainer.strategy.root_device, trainer.local_rank)
 
     def for_device(self, device: Any, local_rank: int) -> list[Any]:
         if self.meters is not None:
