@@ -93,7 +93,7 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
     import torch
     from torch.utils.data import DataLoader
 
-    from lpm.carbon.projection import project_synthesis, project_training
+    from lpm.carbon.projection import project
     from lpm.energy.callback import EnergyCallback
     from lpm.energy.meters import NodeMeters
     from lpm.workload.data import FolderDataset, ImageDataModule, PhantomDataset
@@ -139,8 +139,12 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
             meters=meters,
         )
 
-    def measured(phase: str, trainer: Any, run: Any, target: dict, project: Any) -> None:
-        """Run a phase; record what it measured even when it fails part-way."""
+    def measured(phase: str, trainer: Any, run: Any, target: dict, budget: dict) -> None:
+        """Run a phase; record what it measured even when it fails part-way.
+
+        Args:
+            budget: iterations per unit of work the projection scales to.
+        """
         nonlocal rank0
         callback = next(c for c in trainer.callbacks if isinstance(c, EnergyCallback))
         record.hardware = _hardware(trainer, meters.missing)
@@ -150,13 +154,11 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
             rank0 = trainer.global_rank == 0
             m = callback.measurement
             if m is not None:
-                done = all(u in m.units for u in ("step",) if phase != "synthesis") and (
-                    phase != "synthesis" or {"unet", "decode"} <= m.units.keys()
-                )
+                complete = budget.keys() <= m.units.keys()  # a crash can leave a unit unmeasured
                 record.phases[phase] = PhaseRecord(
                     measured=measured_phase(m),
                     target=target,
-                    projected=projected_phase(project(m)) if done else {},
+                    projected=projected_phase(project(m, budget)) if complete else {},
                 )
                 priced = price({k: vars(v) for k, v in record.phases.items()})
                 record.carbon, record.totals = priced["carbon"], priced["totals"]
@@ -189,7 +191,7 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
             trainer,
             fit,
             {"iterations": target},
-            lambda m: project_training(m.units["step"], target),
+            {"step": target},
         )
         return trainer
 
@@ -241,7 +243,7 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
             trainer,
             predict,
             target,
-            lambda m: project_synthesis(m.units["unet"], m.units["decode"], chains, steps),
+            {"unet": chains * steps, "decode": chains},
         )
         if rank0 and dm.images is not None:
             png = save_samples_png(dm.images.float().cpu(), job_dir / "samples.png")

@@ -12,9 +12,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lpm.record.record as record_module
-from lpm.carbon.projection import project_synthesis, project_training
+from lpm.carbon.projection import project
 from lpm.energy.callback import EnergyCallback, unit_of
-from lpm.energy.window import Estimate, UnitMeasurement, Window
+from lpm.energy.window import Estimate, PhaseMeasurement, UnitMeasurement, Window
 from lpm.record.record import J_PER_KWH, SCHEMA, Record, projected_phase, read_status
 from lpm.workload.ldm import synthesis_plan
 
@@ -227,29 +227,42 @@ def test_per_iteration_edge_cases():
     assert unit([1.0], [1]).joules_per_iteration is None
 
 
+def phase(units: dict[str, UnitMeasurement], warmup: dict[str, UnitMeasurement] | None = None):
+    return PhaseMeasurement("p", units, {}, warmup or {})
+
+
 def test_project_training_by_hand():
     step = unit([1.0, 3.0], [2, 2], [10.0, 30.0])
     # per iteration: mean 1.0 s, rates 0.5 and 1.5: sd = sqrt(0.5), half = 12.706 · sd / sqrt(2)
     half = 12.706 * math.sqrt(0.5) / math.sqrt(2)
-    p = project_training(step, 1000)
+    p = project(phase({"step": step}), {"step": 1000})
     assert p.seconds.mean == pytest.approx(1000.0)
     assert p.seconds.low == 0.0
     assert p.seconds.high == pytest.approx(1000 * (1.0 + half))
     assert p.energy_j.mean == pytest.approx(10_000.0)
     assert p.energy_j.high == pytest.approx(1000 * (10.0 + 10 * half))
-    assert project_training(unit([1.0, 3.0], [2, 2]), 1000).energy_j is None
+    assert project(phase({"step": unit([1.0, 3.0], [2, 2])}), {"step": 1000}).energy_j is None
+    # Warm-up is a fixed cost: added once, and its iterations come off the budget.
+    warm = unit([4.0], [2], [50.0])
+    p = project(phase({"step": step}, {"step": warm}), {"step": 1000})
+    assert p.seconds.mean == pytest.approx(4.0 + 998 * 1.0)
+    assert p.energy_j.mean == pytest.approx(50.0 + 998 * 10.0)
+    assert p.energy_j.low == pytest.approx(50.0 + 998 * max(0.0, 10.0 - 10 * half))
+    with pytest.raises(KeyError):
+        project(phase({"step": step}), {"unet": 10})
 
 
 def test_project_synthesis_by_hand():
     unet = unit([0.2, 0.2], [10, 10], [20.0, 20.0])  # 0.02 s and 2 J per evaluation, no spread
     decode = unit([0.5, 0.7], [1, 1], [5.0, 7.0])
     d_half = 12.706 * math.sqrt(0.02) / math.sqrt(2)
-    p = project_synthesis(unet, decode, chains=625, steps=1000)
+    budget = {"unet": 625 * 1000, "decode": 625}
+    p = project(phase({"unet": unet, "decode": decode}), budget)
     assert p.seconds.mean == pytest.approx(625 * (1000 * 0.02 + 0.6))
     assert p.seconds.low == pytest.approx(625 * (1000 * 0.02 + max(0.0, 0.6 - d_half)))
     assert p.seconds.high == pytest.approx(625 * (1000 * 0.02 + 0.6 + d_half))
     assert p.energy_j.mean == pytest.approx(625 * (1000 * 2.0 + 6.0))
-    assert project_synthesis(unet, unit([0.5], [1]), 625, 1000).energy_j is None
+    assert project(phase({"unet": unet, "decode": unit([0.5], [1])}), budget).energy_j is None
 
     record = projected_phase(p)
     assert record["seconds"] == pytest.approx(p.seconds.mean)
@@ -305,3 +318,16 @@ def test_read_status(tmp_path: Path):
     (tmp_path / "r.json").write_text('{"status": "running"}')
     assert read_status(tmp_path / "r.json") == "running"
     assert read_status(tmp_path) is None  # a directory
+
+
+def test_warmup_is_measured_apart_with_its_exact_energy():
+    meter = FakeMeter()
+    callback = EnergyCallback(warmup=2, window=3, meters=[meter])
+    trainer(callback, max_steps=8).fit(
+        Tiny(meter), DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=4)
+    )
+    m = callback.measurement
+    assert m.units["step"].iterations == 6 and m.iterations == 6
+    assert m.warmup["step"].iterations == 2 and len(m.warmup["step"].windows) == 1
+    assert m.warmup["step"].energy_j["gpu"] == pytest.approx(cost(0) + cost(1))
+    assert m.energy_j["gpu"] == pytest.approx(sum(cost(k) for k in range(2, 8)))

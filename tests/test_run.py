@@ -99,24 +99,34 @@ def test_measured_iterations_are_what_the_overrides_asked(job: Job) -> None:
             assert measured["units"][u]["windows"] == math.ceil(n / math.ceil(n / WINDOWS))
 
 
-def test_projection_is_per_iteration_cost_times_target(job: Job) -> None:
+def test_projection_is_warmup_plus_per_iteration_cost_times_the_rest(job: Job) -> None:
     record = job.record
     phases = record["phases"]
     for name in ("autoencoder", "diffusion"):
-        step = phases[name]["measured"]["units"]["step"]["seconds_per_iteration"]
+        measured = phases[name]["measured"]
+        step = measured["units"]["step"]["seconds_per_iteration"]
+        warm = measured["warmup"]["step"]
         target = phases[name]["target"]["iterations"]
         assert target == 150_000
-        assert phases[name]["projected"]["seconds"] == pytest.approx(step["mean"] * target)
+        rest = target - warm["iterations"]
+        assert phases[name]["projected"]["seconds"] == pytest.approx(
+            warm["seconds"] + step["mean"] * rest
+        )
         low, high = phases[name]["projected"]["seconds_ci95"]
-        assert low == pytest.approx(step["ci95"][0] * target)
-        assert high == pytest.approx(step["ci95"][1] * target)
+        assert low == pytest.approx(warm["seconds"] + step["ci95"][0] * rest)
+        assert high == pytest.approx(warm["seconds"] + step["ci95"][1] * rest)
     synthesis = phases["synthesis"]
     units, target = synthesis["measured"]["units"], synthesis["target"]
     batch = record["axes"]["batch_size"]["synthesis"]
     assert (target["samples"], target["steps"], target["batch"]) == (10_000, 1000, batch)
     assert target["chains"] == math.ceil(10_000 / batch)
-    unet, decode = units["unet"]["seconds_per_iteration"], units["decode"]["seconds_per_iteration"]
-    expected = target["chains"] * (target["steps"] * unet["mean"] + decode["mean"])
+    warm = synthesis["measured"]["warmup"]
+    expected = 0.0
+    for unit, n in {"unet": target["chains"] * target["steps"], "decode": target["chains"]}.items():
+        w = warm.get(unit, {"iterations": 0, "seconds": 0.0})
+        expected += w["seconds"] + units[unit]["seconds_per_iteration"]["mean"] * (
+            n - w["iterations"]
+        )
     assert synthesis["projected"]["seconds"] == pytest.approx(expected)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lpm.energy.window import Estimate, UnitMeasurement
+from lpm.energy.window import Estimate, PhaseMeasurement
 
 
 @dataclass(frozen=True)
@@ -15,31 +16,28 @@ class Projection:
     energy_j: Estimate | None  # None when nothing measured energy
 
 
-def project_training(step: UnitMeasurement, iterations: int) -> Projection:
-    """Per-iteration cost × target iterations."""
-    joules = step.joules_per_iteration
-    return Projection(
-        step.seconds_per_iteration.scaled(iterations),
-        joules.scaled(iterations) if joules else None,
-    )
+def project(m: PhaseMeasurement, budget: Mapping[str, int]) -> Projection:
+    """Measured warm-up once, plus per-iteration cost × the rest of each unit's budget.
 
+    Args:
+        m: the phase's measurement.
+        budget: iterations per unit of work over the whole budget, e.g. `{"step": 150_000}`
+            for training, `{"unet": chains * steps, "decode": chains}` for synthesis.
 
-def _combine(unet: Estimate, decode: Estimate, chains: int, steps: int) -> Estimate:
-    # Bounds are added, not convolved: conservative when the two units' errors are independent.
-    def total(u: float, d: float) -> float:
-        return chains * (steps * u + d)
-
-    return Estimate(
-        total(unet.mean, decode.mean), total(unet.low, decode.low), total(unet.high, decode.high)
-    )
-
-
-def project_synthesis(
-    unet: UnitMeasurement, decode: UnitMeasurement, chains: int, steps: int
-) -> Projection:
-    """`chains × (steps × one UNet evaluation + one decode)`, chains = ceil(samples / batch)."""
-    unet_j, decode_j = unet.joules_per_iteration, decode.joules_per_iteration
-    return Projection(
-        _combine(unet.seconds_per_iteration, decode.seconds_per_iteration, chains, steps),
-        _combine(unet_j, decode_j, chains, steps) if unet_j and decode_j else None,
-    )
+    Raises:
+        KeyError: when a unit of the budget was not measured.
+    """
+    seconds = Estimate(0.0, 0.0, 0.0)
+    joules: Estimate | None = Estimate(0.0, 0.0, 0.0)
+    for unit, total in budget.items():
+        steady, warm = m.units[unit], m.warmup.get(unit)
+        rest = max(0, total - (warm.iterations if warm else 0))
+        seconds = (
+            seconds + steady.seconds_per_iteration.scaled(rest) + (warm.seconds if warm else 0.0)
+        )
+        per_j = steady.joules_per_iteration
+        if joules is None or per_j is None:
+            joules = None
+            continue
+        joules = joules + per_j.scaled(rest) + (sum(warm.energy_j.values()) if warm else 0.0)
+    return Projection(seconds, joules)

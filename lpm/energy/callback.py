@@ -17,6 +17,7 @@ import torch
 from lpm.energy.window import Meter, PhaseMeasurement, UnitMeasurement, Window
 
 COMPONENTS = ("gpu", "cpu", "ram")
+WARMUP = "warmup:"
 
 
 def unit_of(batch: Any) -> str:
@@ -29,9 +30,11 @@ def unit_of(batch: Any) -> str:
 class EnergyCallback(pl.Callback):
     """Times and meters a phase per unit of work, warm-up excluded, in sub-windows.
 
-    A window opens at the start of a measured batch and closes at the start of the first batch
-    that does not belong to it (another unit, a full window) or at the end of the loop, so that
-    data loading between batches is part of the cost. Edges sync the accelerator first.
+    A window opens at the start of a batch and closes at the start of the first batch that does
+    not belong to it (another unit, a full window, the end of warm-up) or at the end of the loop,
+    so that data loading between batches is part of the cost. Edges sync the accelerator first.
+    Warm-up batches are measured in windows of their own (`measurement.warmup`), outside the
+    per-iteration estimates.
 
     Args:
         phase: name the measurement is reported under.
@@ -99,18 +102,18 @@ class EnergyCallback(pl.Callback):
 
     def _batch_start(self, batch: Any) -> None:
         unit = unit_of(batch)
-        seen = self._seen.get(unit, 0)
-        warm = seen < (self._per_unit(self.warmup, unit) or 0)
-        size = self._per_unit(self.window, unit)
+        if self._seen.get(unit, 0) < (self._per_unit(self.warmup, unit) or 0):
+            # Warm-up is measured too, in its own window: a fixed cost the projection adds once.
+            unit, size = WARMUP + unit, None
+        else:
+            size = self._per_unit(self.window, unit)
         if self._open is not None:
             open_unit, n, _, _ = self._open
-            if not warm and open_unit == unit and (size is None or n < size):
+            if open_unit == unit and (size is None or n < size):
                 return
-        now = self._read() if (self._open is not None or not warm) else None
+        now = self._read()
         self._close(now)
-        if not warm:
-            assert now is not None
-            self._open = (unit, 0, *now)
+        self._open = (unit, 0, *now)
 
     def _batch_end(self, batch: Any) -> None:
         unit = unit_of(batch)
@@ -150,11 +153,15 @@ class EnergyCallback(pl.Callback):
         units: dict[str, list[Window]] = {}
         for w in windows:
             units.setdefault(w.unit, []).append(w)
+        measured = {u: UnitMeasurement(u, tuple(ws)) for u, ws in units.items()}
         methods: dict[str, str] = {}
         for meter in self.meters:
             methods.update(meter.methods)
         self.measurement = PhaseMeasurement(
-            self.phase, {u: UnitMeasurement(u, tuple(ws)) for u, ws in units.items()}, methods
+            self.phase,
+            {u: m for u, m in measured.items() if not u.startswith(WARMUP)},
+            methods,
+            {u.removeprefix(WARMUP): m for u, m in measured.items() if u.startswith(WARMUP)},
         )
 
     def _end(self, trainer: pl.Trainer) -> None:

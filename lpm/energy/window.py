@@ -55,6 +55,12 @@ class Estimate:
     def scaled(self, factor: float) -> Estimate:
         return Estimate(self.mean * factor, self.low * factor, self.high * factor)
 
+    def __add__(self, other: Estimate | float) -> Estimate:
+        """Bounds add too: conservative when the errors are independent."""
+        if isinstance(other, Estimate):
+            return Estimate(self.mean + other.mean, self.low + other.low, self.high + other.high)
+        return Estimate(self.mean + other, self.low + other, self.high + other)
+
 
 @dataclass(frozen=True)
 class UnitMeasurement:
@@ -100,11 +106,15 @@ class UnitMeasurement:
 
 @dataclass(frozen=True)
 class PhaseMeasurement:
-    """What one phase measured: its units' windows and the method behind each component."""
+    """What one phase measured: its units' windows and the method behind each component.
+
+    Totals cover `units`, the steady state; `warmup` holds the warm-up windows per unit.
+    """
 
     phase: str
     units: dict[str, UnitMeasurement]
     methods: dict[str, str] = field(default_factory=dict)
+    warmup: dict[str, UnitMeasurement] = field(default_factory=dict)
 
     @property
     def iterations(self) -> int:

@@ -37,7 +37,8 @@ def _measured(m: UnitMeasurement | PhaseMeasurement, methods: dict[str, str]) ->
 
 
 def measured_phase(m: PhaseMeasurement) -> dict[str, Any]:
-    """A phase's measured block: totals over its units, then each unit's per-iteration costs."""
+    """A phase's measured block: steady-state totals, each unit's per-iteration costs, and the
+    warm-up, measured apart."""
     out = _measured(m, m.methods)
     out["units"] = {
         name: {
@@ -48,6 +49,7 @@ def measured_phase(m: PhaseMeasurement) -> dict[str, Any]:
         }
         for name, u in m.units.items()
     }
+    out["warmup"] = {name: _measured(u, m.methods) for name, u in m.warmup.items()}
     return out
 
 
