@@ -87,15 +87,16 @@ def overhead(steps: int = 200, repeats: int = 5) -> dict[str, Any]:
 
 
 def projection(samples: int = 40, iterations: int = 100) -> dict[str, Any]:
-    """One small job projected from windows and the same job measured over its whole budget."""
-    from hydra.core.global_hydra import GlobalHydra
+    """One small job projected from its windows, and the same job measured over its whole budget.
 
-    from lpm.config import resolve_spec
-    from lpm.job import execute
-    from lpm.record.record import Record
-    from lpm.run import pricer
+    Each runs in a fresh process, as a real job does: one-time start-up costs land in both.
+    """
+    import subprocess
 
     common = [
+        "logger=none",
+        "gpus=cpu",
+        "scale=cpu",
         "model=small",
         f"target.autoencoder_iterations={iterations}",
         f"target.diffusion_iterations={iterations}",
@@ -103,20 +104,16 @@ def projection(samples: int = 40, iterations: int = 100) -> dict[str, Any]:
         "sampler=ddim",
         "sampler.steps=20",
         "batch.synthesis=4",
-        "measure.windows=5",
     ]
-    results: dict[str, dict[str, Any]] = {}
+    phases: dict[str, dict[str, Any]] = {}
     for mode in ("projected", "full"):
-        GlobalHydra.instance().clear()
-        cfg = _compose(*common, f"measure.full={mode == 'full'}")
-        spec = resolve_spec(cfg, "cpu")
-        record = Record(axes={})
         job_dir = Path(tempfile.mkdtemp(prefix=f"lpm-bench-{mode}-"))
-        execute(cfg, spec, record, job_dir, pricer(cfg))
-        results[mode] = record.to_dict()["phases"]
+        command = [sys.executable, "-m", "lpm.run", *common, f"measure.full={mode == 'full'}"]
+        subprocess.run([*command, f"hydra.run.dir={job_dir}"], check=True, capture_output=True)
+        phases[mode] = json.loads((job_dir / "record.json").read_text())["phases"]
     report: dict[str, Any] = {}
     for phase in ("autoencoder", "diffusion", "synthesis"):
-        p, f = results["projected"][phase], results["full"][phase]
+        p, f = phases["projected"][phase], phases["full"][phase]
         measured = [f["measured"], *f["measured"]["warmup"].values()]
         full_kwh = sum(block["energy_j"]["total"] for block in measured) / 3.6e6
         full_seconds = sum(block["seconds"] for block in measured)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -170,6 +171,21 @@ def test_sweep_runs_every_job_and_a_rerun_skips_them(tmp_path: Path) -> None:
     assert again.stdout.count("skipped") == 4
     assert "params:" not in again.stdout  # nothing was built, let alone trained
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths} == before
+
+
+def test_each_sweep_job_gets_its_own_offline_wandb_run_with_its_record(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = [*[o for o in TINY if o != "logger=none"], "logger=wandb", *SIZE_2D, "model=small,base"]
+    proc = lpm_run(*args, SHORT_DIRNAMES, out=sweep, multirun=True)
+    assert proc.returncode == 0, output(proc)[-3000:]
+    for name, record in records(sweep).items():
+        runs = list((sweep / name / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, name  # wandb.finish() after every job: no run is shared
+        (table,) = runs[0].glob("files/media/table/lpm/record_*.table.json")
+        logged = json.loads(table.read_text())
+        row = dict(zip(logged["columns"], logged["data"][0], strict=True))
+        assert row["axes.model"] == record["axes"]["model"]
+        assert row["totals.co2e_kg"] == pytest.approx(record["totals"]["co2e_kg"])
 
 
 def test_sweep_job_dirs_fit_in_a_file_name(tmp_path: Path) -> None:
