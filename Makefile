@@ -53,7 +53,7 @@ bench: install-dev ## benchmarks: callback overhead, projection vs full run -> m
 	$(BIN)/python -m lpm.bench --out multirun/bench.json
 
 report: install ## report on the latest sweep under multirun/
-	@echo "no report yet"; exit 1
+	$(BIN)/python -m lpm.report $(or $(lastword $(sort $(wildcard multirun/*/))),$(error no sweep under multirun/: run one first, e.g. make run))
 
 clean: ## remove sweep output and caches (keeps .venv)
 	rm -rf multirun outputs .pytest_cache .ruff_cache

@@ -174,11 +174,15 @@ class SweepProgress(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        with_sweeps = [
-            len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()
+        # As Hydra's basic sweeper does: the config's sweeper params, then the command line's.
+        params = config.hydra.sweeper.get("params") or {}
+        given = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+        parsed = OverridesParser.create().parse_overrides(given)
+        by_key = {o.get_key_element(): o for o in parsed}
+        sizes = [
+            len(list(o.sweep_string_iterator())) for o in by_key.values() if o.is_sweep_override()
         ]
-        os.environ["LPM_SWEEP_JOBS"] = str(math.prod(with_sweeps))
+        os.environ["LPM_SWEEP_JOBS"] = str(math.prod(sizes))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)

@@ -148,10 +148,16 @@ class CodeCarbonMeter:
             **extra,
         )
         self.tracker.start()
-        cpu_modes = {getattr(h, "_mode", None) for h in self.tracker._hardware}
-        forced = force_cpu_power_w is not None
+        # CodeCarbon's CPU modes that read a hardware counter; the rest model power from load/TDP.
+        measured = {
+            "intel_rapl": "rapl",
+            "intel_power_gadget": "power_gadget",
+            "windows_emi": "emi",
+        }
+        modes = [getattr(h, "_mode", None) for h in self.tracker._hardware]
+        cpu = next((measured[m] for m in modes if m in measured), "estimate")
         self.methods = {
-            "cpu": "rapl" if "intel_rapl" in cpu_modes and not forced else "estimate",
+            "cpu": "estimate" if force_cpu_power_w is not None else cpu,
             "ram": "estimate",
         }
 
