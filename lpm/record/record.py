@@ -46,6 +46,8 @@ def measured_phase(m: PhaseMeasurement) -> dict[str, Any]:
             "windows": len(u.windows),
             "seconds_per_iteration": _interval(u.seconds_per_iteration),
             "joules_per_iteration": _interval(u.joules_per_iteration),
+            # The sub-windows behind the interval: [iterations, seconds, joules], in order.
+            "per_window": [[w.iterations, w.seconds, w.total_j] for w in u.windows],
         }
         for name, u in m.units.items()
     }
