@@ -132,12 +132,7 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
             else {"step": m.warmup, "unet": m.warmup, "decode": m.get("decode_warmup", 0)}
         )
         size = {u: max(1, math.ceil(n / cfg.measure.windows)) for u, n in counts.items()}
-        return EnergyCallback(
-            phase,
-            warmup=warmup,
-            window=size,
-            meters=meters,
-        )
+        return EnergyCallback(phase, warmup=warmup, window=size, meters=meters)
 
     def measured(phase: str, trainer: Any, run: Any, target: dict, budget: dict) -> None:
         """Run a phase; record what it measured even when it fails part-way.
@@ -147,11 +142,11 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
         """
         nonlocal rank0
         callback = next(c for c in trainer.callbacks if isinstance(c, EnergyCallback))
-        record.hardware = _hardware(trainer, meters.missing)
         try:
             run()
         finally:
             rank0 = trainer.global_rank == 0
+            record.hardware = _hardware(trainer, meters.missing)  # meters exist once it ran
             m = callback.measurement
             if m is not None:
                 complete = budget.keys() <= m.units.keys()  # a crash can leave a unit unmeasured
@@ -186,13 +181,7 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
                 module, datamodule=ImageDataModule(dataset, batch, cfg.data.num_workers, cfg.seed)
             )
 
-        measured(
-            phase,
-            trainer,
-            fit,
-            {"iterations": target},
-            {"step": target},
-        )
+        measured(phase, trainer, fit, {"iterations": target}, {"step": target})
         return trainer
 
     ae = AutoencoderModule(spec)
@@ -238,13 +227,7 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
             "batch": dm.sample_batch * world,
             "chains": chains,
         }
-        measured(
-            "synthesis",
-            trainer,
-            predict,
-            target,
-            {"unet": chains * steps, "decode": chains},
-        )
+        measured("synthesis", trainer, predict, target, {"unet": chains * steps, "decode": chains})
         if rank0 and dm.images is not None:
             png = save_samples_png(dm.images.float().cpu(), job_dir / "samples.png")
             record.samples = {
