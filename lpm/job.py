@@ -142,18 +142,20 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
         """
         nonlocal rank0
         callback = next(c for c in trainer.callbacks if isinstance(c, EnergyCallback))
+        finished = False
         try:
             run()
+            finished = True
         finally:
             rank0 = trainer.global_rank == 0
             record.hardware = _hardware(trainer, meters.missing)  # meters exist once it ran
             m = callback.measurement
             if m is not None:
-                complete = budget.keys() <= m.units.keys()  # a crash can leave a unit unmeasured
+                # A phase cut short keeps what it measured; only a finished one is projected.
                 record.phases[phase] = PhaseRecord(
                     measured=measured_phase(m),
                     target=target,
-                    projected=projected_phase(project(m, budget)) if complete else {},
+                    projected=projected_phase(project(m, budget)) if finished else {},
                 )
                 priced = price({k: vars(v) for k, v in record.phases.items()})
                 record.carbon, record.totals = priced["carbon"], priced["totals"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -103,6 +105,21 @@ def pricer(cfg: DictConfig) -> Callable[[dict], dict]:
     return lambda phases: price(phases, intensity, cfg.site.pue, factors)
 
 
+_signals: list[str] = []  # received by this process; Lightning turns them into SystemExit(1)
+
+
+def _raise_on_sigterm() -> Any:
+    """Turn SIGTERM (Slurm's time limit, `kill`) into KeyboardInterrupt so the record is written."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        _signals.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt(_signals[-1])
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(cfg: DictConfig) -> str:
     """Run one job; return its status. Exits non-zero outside a sweep when the job fails."""
     from lpm.job import axes_of, execute, finish_loggers, reset_distributed
@@ -145,11 +162,13 @@ def run(cfg: DictConfig) -> str:
     record.axes, record.spec = axes_of(cfg, spec), spec.to_dict()
     _quiet()
     _install_relaunch()
+    previous = _raise_on_sigterm()
     try:
         execute(cfg, spec, record, job_dir, price)
         record.status = "ok"
-    except KeyboardInterrupt:
-        record.status, record.error = "interrupted", "KeyboardInterrupt"
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, SIGTERM (Slurm), Lightning's exit
+        record.status = "interrupted"
+        record.error = f"interrupted by {_signals[-1]}" if _signals else _one_line(exc)
         raise
     except Exception as exc:
         record.status, record.error = "failed", _one_line(exc)
@@ -157,6 +176,8 @@ def run(cfg: DictConfig) -> str:
             (job_dir / "error.txt").write_text(traceback.format_exc())
         log.error("  job failed: %s (traceback in error.txt)", record.error)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         record.job["seconds"] = time.time() - t0
         if rank0:
             save(record, job_dir)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from conftest import SHORT_DIRNAMES, SIZE_2D, SIZE_3D, TINY, compose_cfg, lpm_run, read_record
+from conftest import REPO, SHORT_DIRNAMES, SIZE_2D, SIZE_3D, TINY, compose_cfg, lpm_run, read_record
 from PIL import Image
 
 from lpm.config import resolve_spec
@@ -290,3 +294,29 @@ def test_bad_input_exits_with_a_clear_message(
     for part in expected:
         assert part in text, (part, text)
     assert not (out / "record.json").exists() or read_record(out)["status"] != "ok"
+
+
+def test_sigterm_mid_job_keeps_what_was_measured(tmp_path: Path) -> None:
+    """Slurm's time limit sends SIGTERM: the record says interrupted and keeps finished phases."""
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    slow_diffusion = [o for o in TINY if not o.startswith("measure.diffusion.iterations")]
+    command = [sys.executable, "-m", "lpm.run", "model=small", *slow_diffusion, *SIZE_2D]
+    command += ["measure.diffusion.iterations=100000", f"hydra.run.dir={out}"]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 120
+    while not (out / "record.json").exists() and time.time() < deadline:
+        time.sleep(0.2)  # the record first appears once the autoencoder phase is done
+    time.sleep(3.0)  # well into the diffusion phase's 100,000 steps
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    record = read_record(out)
+    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
+    assert record["phases"]["autoencoder"]["measured"]["iterations"] == 2
+    assert record["phases"]["autoencoder"]["projected"]["energy_kwh"] > 0
+    # The diffusion phase was cut short: what it measured is kept, nothing is projected from it.
+    diffusion = record["phases"]["diffusion"]
+    assert diffusion["measured"]["iterations"] > 0 and diffusion["projected"] == {}
