@@ -320,3 +320,23 @@ def test_sigterm_mid_job_keeps_what_was_measured(tmp_path: Path) -> None:
     # The diffusion phase was cut short: what it measured is kept, nothing is projected from it.
     diffusion = record["phases"]["diffusion"]
     assert diffusion["measured"]["iterations"] > 0 and diffusion["projected"] == {}
+
+
+def test_ddp_job_inside_a_sweep_relaunches_only_itself(tmp_path: Path) -> None:
+    """Lightning's DDP relaunch must start this job, not the whole sweep, in every extra rank."""
+    sweep = tmp_path / "sweep"
+    ddp = ["gpus=cpu", "gpus.devices=1,2", "gpus.strategy=ddp"]
+    args = [*[o for o in TINY if o != "gpus=cpu"], *SIZE_2D, "model=small", *ddp, SHORT_DIRNAMES]
+    proc = lpm_run(*args, out=sweep, multirun=True, timeout=600)
+    assert proc.returncode == 0, output(proc)[-3000:]
+    assert proc.stdout.count("job 1/2") == 1 and proc.stdout.count("job 2/2") == 1
+    found = records(sweep)
+    assert sorted(r["hardware"]["world_size"] for r in found.values()) == [1, 2]
+    (two,) = [name for name, r in found.items() if r["hardware"]["world_size"] == 2]
+    assert (sweep / two / "rank1.log").is_file()  # rank 1 ran as a single run in this job's dir
+    assert not list(sweep.glob("*/*/record.json"))  # ...and wrote no sweep of its own
+    record = found[two]
+    assert (
+        record["phases"]["synthesis"]["target"]["batch"]
+        == 2 * record["axes"]["batch_size"]["synthesis"]
+    )
