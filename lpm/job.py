@@ -107,6 +107,9 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
     )
 
     torch.manual_seed(cfg.seed)
+    if cfg.gpus.accelerator == "cpu" and isinstance(cfg.gpus.devices, int) and cfg.gpus.devices > 1:
+        # CPU ranks share the cores; each rank's own full thread pool would oversubscribe them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.gpus.devices))
     logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else None
     full = cfg.measure.full
     meters = NodeMeters(
