@@ -81,6 +81,9 @@ def test_cuda_index_maps_to_nvml_device_under_reordered_visible_devices(
     assert nvml_handle(nvml, 0, pci_bus_id="00000000:12:00.0") is nvml.devices[2]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert nvml_handle(nvml, 3) is nvml.devices[3]
+    # A UUID this driver does not know falls through to the PCI bus id, then to the index.
+    assert nvml_handle(nvml, 0, uuid="ffffffff", pci_bus_id="00000000:13:00.0") is nvml.devices[3]
+    assert nvml_handle(nvml, 1, uuid="ffffffff") is nvml.devices[1]
 
 
 class Steps(pl.LightningModule):

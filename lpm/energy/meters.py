@@ -24,24 +24,29 @@ def nvml_handle(
     """The NVML handle of the GPU that CUDA calls `cuda_index`.
 
     CUDA numbers the visible devices (CUDA_VISIBLE_DEVICES, fastest first); NVML numbers all of
-    them in PCI order. The UUID or PCI bus id from CUDA is unambiguous; without either, the
-    CUDA_VISIBLE_DEVICES entry at `cuda_index` names the NVML device.
+    them in PCI order. The UUID or PCI bus id from CUDA is unambiguous and tried first; without
+    either, the CUDA_VISIBLE_DEVICES entry at `cuda_index` names the NVML device.
     """
+    lookups = []
     if uuid:
-        return nvml.nvmlDeviceGetHandleByUUID(
-            uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
-        )
+        gpu_uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+        lookups.append(lambda: nvml.nvmlDeviceGetHandleByUUID(gpu_uuid))
     if pci_bus_id:
-        return nvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id)
+        lookups.append(lambda: nvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id))
     visible = [
         v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()
     ]
-    if visible:
-        entry = visible[cuda_index]
-        if entry.startswith(("GPU-", "MIG-")):
-            return nvml.nvmlDeviceGetHandleByUUID(entry)
-        return nvml.nvmlDeviceGetHandleByIndex(int(entry))
-    return nvml.nvmlDeviceGetHandleByIndex(cuda_index)
+    entry = visible[cuda_index] if cuda_index < len(visible) else str(cuda_index)
+    if entry.startswith(("GPU-", "MIG-")):
+        lookups.append(lambda: nvml.nvmlDeviceGetHandleByUUID(entry))
+    else:
+        lookups.append(lambda: nvml.nvmlDeviceGetHandleByIndex(int(entry)))
+    for lookup in lookups[:-1]:
+        try:
+            return lookup()
+        except nvml.NVMLError:  # e.g. a UUID format this driver does not know: try the next
+            continue
+    return lookups[-1]()
 
 
 def cuda_identity(index: int) -> tuple[str | None, str | None]:
