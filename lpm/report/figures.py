@@ -250,11 +250,16 @@ def speedups(study: Study) -> list[tuple[str, tuple[str, ...], Job, dict[str, Jo
         picked = pick(study.jobs, study.base, free)
         key = tuple(study.base[a] for a in free)
         base_job = picked.get(key) or next(iter(picked.values()))
-        # The baseline first: every other bar reads against it.
-        keys = sorted(picked, key=lambda k: picked[k] is not base_job)
+        # The baseline first, every other bar reading against it; then by setting, numbers
+        # numerically (50 < 250 < 1000 steps).
+        keys = sorted(picked, key=lambda k: (picked[k] is not base_job, *map(_order, k)))
         named = {_setting(free, k): picked[k] for k in keys}
         out.append((label, phases, base_job, named))
     return out
+
+
+def _order(value: Any) -> tuple[int, float, str]:
+    return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
 
 
 def _setting(free: tuple[str, ...], key: tuple[Any, ...]) -> str:
