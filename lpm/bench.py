@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lpm.energy.window import J_PER_KWH
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -127,7 +129,7 @@ def projection(samples: int = 40, iterations: int = 100, repeats: int = 3) -> di
             measured = full[phase]["measured"]
             full_j = measured["energy_j"]["total"]
             full_totals.setdefault(phase, []).append(full_j)
-            add(phase, "across_runs_energy", p["projected"]["energy_kwh"] * 3.6e6 / full_j)
+            add(phase, "across_runs_energy", p["projected"]["energy_kwh"] * J_PER_KWH / full_j)
             add(phase, "across_runs_seconds", p["projected"]["seconds"] / measured["seconds"])
             # Synthesis interleaves units; its UNet evaluations dominate and are checked alone.
             unit = "step" if phase != "synthesis" else "unet"

@@ -10,13 +10,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from lpm.carbon.equivalents import Factors, equivalents
-from lpm.carbon.intensity import Intensity
-
-J_PER_KWH = 3.6e6
+from lpm.carbon.intensity import Intensity, co2e_kg
+from lpm.energy.window import J_PER_KWH
 
 
 def _kg(kwh: float | None, pue: float, intensity: Intensity) -> float | None:
-    return None if kwh is None else kwh * pue * intensity.g_per_kwh / 1000.0
+    return None if kwh is None else co2e_kg(kwh, pue, intensity)
 
 
 def price(

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lpm.energy.window import J_PER_KWH
+
 log = logging.getLogger("lpm.energy")
-J_PER_KWH = 3.6e6
 
 
 def nvml_handle(

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from lpm.carbon.projection import Projection
-from lpm.energy.window import Estimate, PhaseMeasurement, UnitMeasurement
+from lpm.energy.window import J_PER_KWH, Estimate, PhaseMeasurement, UnitMeasurement
 
 SCHEMA = "lpm.record/1"
 STATUSES = ("running", "ok", "failed", "interrupted", "skipped")
-J_PER_KWH = 3.6e6
 
 
 def _interval(e: Estimate | None, factor: float = 1.0) -> dict[str, Any] | None:
