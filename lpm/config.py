@@ -240,17 +240,6 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("data.name", cfg.data.name, "must be phantom or folder")
     if cfg.site.pue < 1:
         raise ConfigError("site.pue", cfg.site.pue, "must be >= 1 (facility energy / IT energy)")
-    sources = ("codecarbon", "csv", "constant", "electricitymaps")
-    if cfg.carbon.source not in sources:
-        raise ConfigError(
-            "carbon.source", cfg.carbon.source, f"must be one of {', '.join(sources)}"
-        )
-    if cfg.carbon.source == "csv" and not Path(str(cfg.carbon.csv)).expanduser().is_file():
-        raise ConfigError(
-            "carbon.csv", cfg.carbon.csv, "no such file (carbon.source=csv needs one)"
-        )
-    if cfg.carbon.source == "constant" and cfg.carbon.constant_g_per_kwh is None:
-        raise ConfigError("carbon.constant_g_per_kwh", None, "set it for carbon.source=constant")
     size = cfg.dims.image_size
     if size is not None:
         n = cfg.dims.spatial_dims
@@ -366,7 +355,3 @@ def resolve_spec(cfg: DictConfig, scale: str) -> LDMSpec:
             num_head_channels=[heads if a else 0 for a in attention],
         ),
     )
-
-
-def to_container(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

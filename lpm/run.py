@@ -89,19 +89,22 @@ def pricer(cfg: DictConfig) -> Callable[[dict], dict]:
         ConfigError: for an unknown zone or an unusable intensity source.
     """
     from lpm.carbon.equivalents import Factors
-    from lpm.carbon.intensity import UnknownZone, source_from_config
+    from lpm.carbon.intensity import OutOfRangeError, UnknownZone, source_from_config
     from lpm.carbon.pricing import price
 
     try:
         source = source_from_config(OmegaConf.to_container(cfg.carbon))
         intensity = source.lookup(cfg.site.zone, cfg.carbon.when)
         factors = Factors.from_config(OmegaConf.to_container(cfg.equivalents))
-    except UnknownZone as exc:
-        raise ConfigError(
-            "site.zone", cfg.site.zone, str(exc.args[0] if exc.args else exc)
-        ) from exc
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise ConfigError("carbon", cfg.carbon.source, str(exc)) from exc
+    except (KeyError, ValueError, OSError, RuntimeError) as exc:
+        message = str(exc)
+        # The carbon modules name the field they reject ("carbon.csv: ..."); lookups do not.
+        key, sep, detail = message.partition(": ")
+        if not (sep and key.startswith(("carbon.", "equivalents."))):
+            key = "carbon.when" if isinstance(exc, OutOfRangeError) else "site.zone"
+            key = key if isinstance(exc, (UnknownZone, OutOfRangeError)) else "carbon.source"
+            detail = message
+        raise ConfigError(key, OmegaConf.select(cfg, key), detail) from exc
     return lambda phases: price(phases, intensity, cfg.site.pue, factors)
 
 

@@ -280,6 +280,12 @@ def test_full_mode_keeps_the_configured_window_count(tmp_path: Path) -> None:
             ["data.root", "/does/not/exist", "directory"],
         ),
         (["target.samples=-1"], ["target.samples", ">= 1"]),
+        (["carbon.source=bogus"], ["carbon.source", "bogus", "codecarbon", "csv", "constant"]),
+        (
+            ["carbon.source=csv", "carbon.csv=/nope.csv"],
+            ["carbon.csv", "/nope.csv", "no such file"],
+        ),
+        (["site.zone=ATLANTIS"], ["site.zone", "ATLANTIS", "known zones"]),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) and "=" in v[0] else None,
 )
