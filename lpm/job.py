@@ -234,7 +234,7 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
         }
         measured("synthesis", trainer, predict, target, {"unet": chains * steps, "decode": chains})
         if rank0 and dm.images is not None:
-            png = save_samples_png(dm.images.float().cpu(), job_dir / "samples.png")
+            png = save_samples_png(dm.images, job_dir / "samples.png")
             record.samples = {
                 "path": png.name,
                 "count": dm.images.shape[0],

@@ -137,6 +137,7 @@ class DiffusionModule(pl.LightningModule):
         self.sampler = make_scheduler(sampler, **(sampler_kwargs or {}))
         # MONAI LDM recipe: scale latents to unit variance, estimated on the first batch.
         self.register_buffer("scale_factor", torch.tensor(0.0))
+        self._scaled = False
         self.latents: torch.Tensor | None = None
         self.chain_steps = 0  # denoising steps the current chain has taken
         self.images: torch.Tensor | None = None
@@ -145,15 +146,22 @@ class DiffusionModule(pl.LightningModule):
         # Before DDP wraps the module: frozen parameters are then not expected to get gradients.
         self.autoencoder.requires_grad_(False)
 
+    def on_train_epoch_start(self) -> None:
+        self.autoencoder.eval()  # Lightning puts every submodule in train mode at fit start
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             z = self.autoencoder.encode_stage_2_inputs(images)
-        if self.scale_factor == 0:
-            self.scale_factor.fill_(1.0 / z.float().std())
+            if not self._scaled:  # a Python flag: testing the buffer would sync the GPU each step
+                # Rank 0's first batch sets it for every rank, as the single-GPU recipe does.
+                scale = 1.0 / z.float().std().item()
+                if self._trainer is not None:
+                    scale = self._trainer.strategy.broadcast(scale, src=0)
+                self.scale_factor.fill_(scale)
+                self._scaled = True
         return z * self.scale_factor
 
     def training_step(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        self.autoencoder.eval()  # Lightning puts every submodule in train mode at fit start
         z = self.encode(images)
         noise = torch.randn_like(z)
         t = torch.randint(0, TRAIN_SCHEDULE["num_train_timesteps"], (z.shape[0],), device=z.device)
