@@ -107,6 +107,7 @@ class DataConfig:
     name: str = MISSING
     root: str | None = None
     num_workers: int = 0
+    pool: int = 256
 
 
 @dataclass
@@ -130,6 +131,7 @@ class MeasureConfig:
     synthesis: SynthesisWindow = field(default_factory=SynthesisWindow)
     force_cpu_power_w: float | None = None
     force_ram_power_w: float | None = None
+    tracking_mode: str = "machine"
 
 
 @dataclass
@@ -146,6 +148,7 @@ class CarbonConfig:
     csv: str | None = None
     constant_g_per_kwh: float | None = None
     when: str | None = None
+    fallback: str | None = None
     api_token_env: str = "ELECTRICITYMAPS_API_TOKEN"
     api_url: str = "https://api.electricitymap.org/v3"
 
