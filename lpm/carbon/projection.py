@@ -10,7 +10,7 @@ from lpm.energy.window import Estimate, PhaseMeasurement
 
 @dataclass(frozen=True)
 class Projection:
-    """Cost of a whole phase budget, each with a 95% interval."""
+    """Cost of a whole phase budget, each with a 95% interval (from the per-iteration ones)."""
 
     seconds: Estimate
     energy_j: Estimate | None  # None when nothing measured energy

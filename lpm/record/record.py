@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from lpm.carbon.projection import Projection
-from lpm.energy.window import J_PER_KWH, Estimate, PhaseMeasurement, UnitMeasurement
+from lpm.energy.window import (
+    J_PER_KWH,
+    Estimate,
+    PhaseMeasurement,
+    RobustEstimate,
+    UnitMeasurement,
+)
 
 SCHEMA = "lpm.record/1"
 STATUSES = ("running", "ok", "failed", "interrupted", "skipped")
@@ -22,7 +28,10 @@ STATUSES = ("running", "ok", "failed", "interrupted", "skipped")
 def _interval(e: Estimate | None, factor: float = 1.0) -> dict[str, Any] | None:
     if e is None:
         return None
-    return {"mean": e.mean * factor, "ci95": [e.low * factor, e.high * factor]}
+    out: dict[str, Any] = {"value": e.value * factor, "ci95": [e.low * factor, e.high * factor]}
+    if isinstance(e, RobustEstimate):
+        out |= {"mean": e.mean * factor, "method": e.method}
+    return out
 
 
 def _measured(m: UnitMeasurement | PhaseMeasurement, methods: dict[str, str]) -> dict[str, Any]:
@@ -35,9 +44,19 @@ def _measured(m: UnitMeasurement | PhaseMeasurement, methods: dict[str, str]) ->
     }
 
 
+def coverage(m: PhaseMeasurement) -> dict[str, Any]:
+    """`{component: {metered, expected}, ..., "complete": bool}` for the record."""
+    out: dict[str, Any] = {
+        c: {"metered": cov.metered, "expected": cov.expected}
+        for c, cov in m.coverage.items()
+        if cov.expected
+    }
+    return out | {"complete": m.complete}
+
+
 def measured_phase(m: PhaseMeasurement) -> dict[str, Any]:
-    """A phase's measured block: steady-state totals, each unit's per-iteration costs, and the
-    warm-up, measured apart."""
+    """A phase's measured block: steady-state totals, each unit's per-iteration costs with the
+    windows behind them, the outliers left out and a verdict, and the warm-up, measured apart."""
     out = _measured(m, m.methods)
     out["units"] = {
         name: {
@@ -45,21 +64,25 @@ def measured_phase(m: PhaseMeasurement) -> dict[str, Any]:
             "windows": len(u.windows),
             "seconds_per_iteration": _interval(u.seconds_per_iteration),
             "joules_per_iteration": _interval(u.joules_per_iteration),
-            # The sub-windows behind the interval: [iterations, seconds, joules], in order.
+            # Every sub-window, outliers included: [iterations, seconds, joules], in order.
             "per_window": [[w.iterations, w.seconds, w.total_j] for w in u.windows],
+            "outliers": list(u.outliers),
+            "verdict": u.verdict.to_dict(),
         }
         for name, u in m.units.items()
     }
     out["warmup"] = {name: _measured(u, m.methods) for name, u in m.warmup.items()}
+    if m.reason:
+        out["reason"] = m.reason
     return out
 
 
 def projected_phase(p: Projection) -> dict[str, Any]:
     seconds, kwh = _interval(p.seconds), _interval(p.energy_j, 1 / J_PER_KWH)
     return {
-        "seconds": seconds["mean"],
+        "seconds": seconds["value"],
         "seconds_ci95": seconds["ci95"],
-        "energy_kwh": kwh and kwh["mean"],
+        "energy_kwh": kwh and kwh["value"],
         "energy_kwh_ci95": kwh and kwh["ci95"],
     }
 
@@ -70,6 +93,8 @@ class PhaseRecord:
     target: dict[str, Any]
     projected: dict[str, Any]
     co2e_kg: dict[str, Any] = field(default_factory=lambda: {"measured": None, "projected": None})
+    verdict: dict[str, Any] = field(default_factory=dict)  # {status: stable|noisy, reasons}
+    coverage: dict[str, Any] = field(default_factory=dict)  # {component: {metered, expected}}
 
 
 @dataclass
