@@ -1,21 +1,76 @@
 """Re-price finished records for other zones, months and PUEs without rerunning anything.
 
 python -m lpm.price multirun/<sweep> --zones DEU,FRA,US-CA --months 2024-01,2024-07 --csv em.csv
+
+A zone or month the --csv series does not cover is an error, unless --fallback annual prices it
+from CodeCarbon's annual tables; the row's `fallback` column then says what was asked and what
+was used. Records that cannot be priced are skipped and listed on stderr.
+
+Exit status: 0 rows written, 1 no record could be priced, 2 bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
+import math
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lpm.carbon.equivalents import Factors
-from lpm.carbon.intensity import IntensitySource, source_from_config
-from lpm.carbon.pricing import price
+from lpm.carbon.intensity import (
+    FALLBACKS,
+    CsvSeries,
+    Intensity,
+    IntensitySource,
+    OutOfRangeError,
+    SeriesError,
+    UnknownZone,
+    annual_tables,
+    with_fallback,
+)
+from lpm.carbon.intensity.periods import span
+from lpm.carbon.pricing import ASSUMPTION_PREFIXES, price
+from lpm.record.load import Loaded, load_records
+
+PROG = "python -m lpm.price"
+COLUMNS = (
+    "job",
+    "zone",
+    "period",
+    "intensity_g_per_kwh",
+    "pue",
+    "energy_kwh",
+    "co2e_kg",
+    "car_km",
+    "fallback",
+)
+
+
+def priced_at(
+    record: Mapping[str, Any],
+    intensity: Intensity,
+    pue: float | None = None,
+    factors: Factors | None = None,
+) -> dict[str, Any]:
+    """A copy of `record` priced at `intensity` (PUE: the record's unless given).
+
+    The copy's `carbon`, `totals`, per-phase `co2e_kg` and the carbon and equivalents lines of
+    `assumptions` are the new pricing's; everything else is the record's.
+    """
+    pue = pue if pue is not None else record["carbon"]["pue"]
+    priced = price(record["phases"], intensity, pue, factors)
+    out = json.loads(json.dumps(record))
+    out["carbon"], out["totals"] = priced["carbon"], priced["totals"]
+    for name, co2e in priced["co2e_kg"].items():
+        out["phases"][name]["co2e_kg"] = co2e
+    kept = [a for a in record.get("assumptions") or [] if not a.startswith(ASSUMPTION_PREFIXES)]
+    out["assumptions"] = kept + priced["assumptions"]
+    return out
 
 
 def reprice(
@@ -26,89 +81,180 @@ def reprice(
     pue: float | None = None,
     factors: Factors | None = None,
 ) -> dict[str, Any]:
-    """A copy of `record` priced at `zone` and `when` (PUE: the record's unless given)."""
-    pue = pue if pue is not None else record["carbon"]["pue"]
-    priced = price(record["phases"], source.lookup(zone, when), pue, factors)
-    out = json.loads(json.dumps(record))
-    out["carbon"], out["totals"] = priced["carbon"], priced["totals"]
-    for name, co2e in priced["co2e_kg"].items():
-        out["phases"][name]["co2e_kg"] = co2e
+    """A copy of `record` priced at `zone` and `when` (PUE: the record's unless given).
+
+    Raises:
+        UnknownZone, OutOfRangeError: `source` has no value for `zone` at `when`.
+    """
+    return priced_at(record, source.lookup(zone, when), pue, factors)
+
+
+def load_priceable(sweep: str | Path, pue: float | None = None) -> list[Loaded]:
+    """Every record under `sweep`; an `ok` one that cannot be priced (no phases, no PUE when
+    `pue` is None, phases not objects) is marked `incomplete` with the reason."""
+    needed = ("phases",) if pue is not None else ("phases", "carbon.pue")
+    out = []
+    for loaded in load_records(sweep, needed):
+        phases = loaded.record["phases"] if loaded.ok and loaded.record else {}
+        if not isinstance(phases, dict) or not all(isinstance(p, dict) for p in phases.values()):
+            why = "phases is not an object of phase objects"
+            loaded = dataclasses.replace(loaded, status="incomplete", error=why)
+        out.append(loaded)
     return out
 
 
-def load_records(sweep: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every readable record.json under `sweep`, in path order."""
-    for path in sorted(Path(sweep).glob("**/record.json")):
-        try:
-            yield path, json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            print(f"lpm.price: skipping {path}: {exc}", file=sys.stderr)
-
-
 def reprice_sweep(
-    records: Iterable[tuple[Path, Mapping[str, Any]]],
-    source: IntensitySource,
-    zones: list[str],
-    months: list[str | None],
-    pue: float | None = None,
+    records: Iterable[Loaded], intensities: Sequence[Intensity], pue: float | None = None
 ) -> list[dict[str, Any]]:
-    """One row per job × zone × month with the priced totals."""
+    """One row per ok record × intensity (zone and month) with the priced totals."""
     rows = []
-    for path, record in records:
-        if record.get("status") != "ok":
+    for loaded in records:
+        if not loaded.ok or loaded.record is None:
             continue
-        for zone in zones:
-            for month in months:
-                r = reprice(record, source, zone, month, pue)
-                rows.append(
-                    {
-                        "job": path.parent.name,
-                        "zone": r["carbon"]["zone"],
-                        "period": r["carbon"]["period"],
-                        "intensity_g_per_kwh": r["carbon"]["intensity_g_per_kwh"],
-                        "pue": r["carbon"]["pue"],
-                        "energy_kwh": r["totals"]["energy_kwh"],
-                        "co2e_kg": r["totals"]["co2e_kg"],
-                        "car_km": r["totals"].get("car_km"),
-                    }
-                )
+        for intensity in intensities:
+            r = priced_at(loaded.record, intensity, pue)
+            rows.append(
+                {
+                    "job": loaded.name,
+                    "zone": r["carbon"]["zone"],
+                    "period": r["carbon"]["period"],
+                    "intensity_g_per_kwh": r["carbon"]["intensity_g_per_kwh"],
+                    "pue": r["carbon"]["pue"],
+                    "energy_kwh": r["totals"]["energy_kwh"],
+                    "co2e_kg": r["totals"]["co2e_kg"],
+                    "car_km": r["totals"].get("car_km"),
+                    "fallback": r["carbon"]["fallback"] or "",
+                }
+            )
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lpm.price", description=__doc__.split("\n")[0])
+# --- the command ----------------------------------------------------------------------------------
+
+
+def _zones(text: str) -> list[str]:
+    zones = [z.strip() for z in text.split(",") if z.strip()]
+    if not zones:
+        raise argparse.ArgumentTypeError(f"no zone in {text!r}; e.g. DEU,FRA,US-CA")
+    return zones
+
+
+def _months(text: str) -> list[str]:
+    months = [m.strip() for m in text.split(",") if m.strip()]
+    for month in months:
+        try:
+            span(month)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{month!r} is not a month (YYYY-MM) or another ISO date or time"
+            ) from None
+    return months
+
+
+def _pue(text: str) -> float:
+    try:
+        pue = float(text)
+    except ValueError:
+        pue = math.nan
+    if not (math.isfinite(pue) and pue >= 1):
+        raise argparse.ArgumentTypeError(
+            f"must be a number >= 1 (facility energy / IT energy), got {text!r}"
+        )
+    return pue
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument(
         "sweep", type=Path, help="sweep (or job) directory holding record.json files"
     )
     parser.add_argument(
-        "--zones", required=True, help="comma-separated zones: DEU,FRA,US-CA,SE-SE3"
+        "--zones", required=True, type=_zones, help="comma-separated zones: DEU,FRA,US-CA,SE-SE3"
     )
-    parser.add_argument("--months", default="", help="comma-separated YYYY-MM (needs --csv)")
+    parser.add_argument(
+        "--months", type=_months, default=[], help="comma-separated YYYY-MM (needs --csv)"
+    )
     parser.add_argument(
         "--csv", type=Path, help="intensity series (lpm, Electricity Maps or Ember)"
     )
-    parser.add_argument("--pue", type=float, help="override every record's PUE")
-    parser.add_argument("--out", type=Path, help="write the rows as CSV here")
+    parser.add_argument(
+        "--fallback",
+        choices=FALLBACKS,
+        help="price a zone or month the --csv series lacks from the annual tables (each row "
+        "says so in its fallback column); default: an error",
+    )
+    parser.add_argument("--pue", type=_pue, help="override every record's PUE (>= 1)")
+    parser.add_argument("--out", type=Path, help="write the rows as CSV here (default: stdout)")
+    return parser
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2, as argparse does for bad arguments."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _intensities(
+    source: IntensitySource, zones: list[str], months: list[str], hint: str
+) -> list[Intensity]:
+    """Every zone × month looked up before any record is read: a bad one stops the command."""
+    out = []
+    for zone in zones:
+        for month in months or [None]:
+            try:
+                out.append(source.lookup(zone, month))
+            except UnknownZone as exc:
+                _fail(f"argument --zones: {exc}{hint}")
+            except OutOfRangeError as exc:
+                _fail(f"argument --months: {exc}{hint}")
+    return out
+
+
+def _write(rows: list[dict[str, Any]], out: Path | None) -> None:
+    if out is None:
+        writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    try:
+        with out.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as exc:
+        _fail(f"argument --out: {out}: {exc.strerror or exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if not args.sweep.is_dir():
-        parser.error(f"sweep={args.sweep}: no such directory")
-    config = {"source": "csv", "csv": str(args.csv)} if args.csv else {"source": "codecarbon"}
-    source = source_from_config(config)
-    zones = [z.strip() for z in args.zones.split(",") if z.strip()]
-    months = [m.strip() for m in args.months.split(",") if m.strip()] or [None]
+        _fail(f"sweep {args.sweep}: no such directory")
+    if args.csv is None and args.months:
+        _fail("argument --months: needs --csv; the annual tables hold one value per zone")
+    if args.csv is None and args.fallback:
+        _fail("argument --fallback: applies to a --csv series; without one, prices are annual")
     try:
-        rows = reprice_sweep(load_records(args.sweep), source, zones, months, args.pue)
-    except KeyError as exc:
-        parser.error(str(exc.args[0] if exc.args else exc))
+        source = with_fallback(CsvSeries(args.csv), args.fallback) if args.csv else annual_tables()
+    except SeriesError as exc:
+        _fail(f"argument --csv: {exc}")
+    except ModuleNotFoundError as exc:  # the annual tables ship with codecarbon
+        _fail(str(exc))
+    hint = ""
+    if args.csv and not args.fallback:
+        hint = "; --fallback annual prices it from the annual tables"
+    intensities = _intensities(source, args.zones, args.months, hint)
+
+    records = load_priceable(args.sweep, args.pue)
+    for loaded in records:
+        if not loaded.ok:
+            reason = f"{loaded.status}: {loaded.error}" if loaded.error else loaded.status
+            print(f"lpm.price: skipping {loaded.name}: {reason}", file=sys.stderr)
+    rows = reprice_sweep(records, intensities, args.pue)
     if not rows:
-        print(f"lpm.price: no ok records under {args.sweep}", file=sys.stderr)
+        print(f"lpm.price: no record under {args.sweep} could be priced", file=sys.stderr)
         return 1
-    out = args.out.open("w", newline="") if args.out else sys.stdout
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    if args.out:
-        out.close()
+    _write(rows, args.out)
     return 0
 
 

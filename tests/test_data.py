@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lpm.workload.data import FolderDataset, ImageDataModule, PhantomDataset
+from lpm.workload.data import CachedDataset, FolderDataset, ImageDataModule, PhantomDataset
 from lpm.workload.images import save_samples_png
 
 
@@ -143,3 +143,72 @@ def test_save_samples_png_3d(tmp_path):
     width = (w + w + h) * f + 4 * 2  # axial (h, w), coronal (d, w), sagittal (d, h)
     height = 2 * (max(h, d) * f + 2) + 2
     assert im.size == (width, height)
+
+
+class Counting(torch.utils.data.Dataset):
+    """Item i is a tensor holding i; counts how many items were made."""
+
+    def __init__(self, length: int) -> None:
+        self.length, self.made = length, 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        self.made += 1
+        return torch.full((1, 2, 2), float(index))
+
+
+def test_cached_dataset_makes_the_pool_once_and_cycles_through_it():
+    source = Counting(10)
+    cached = CachedDataset(source, pool=4)
+    assert len(cached) == 10 and source.made == 0
+    with pytest.raises(RuntimeError, match=r"fill\(\)"):
+        cached[0]  # never made silently inside a measured batch
+    cached.fill()
+    cached.fill()
+    assert source.made == 4
+    assert [int(cached[i][0, 0, 0]) for i in range(10)] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    assert source.made == 4
+    with pytest.raises(IndexError):
+        cached[10]
+    assert CachedDataset(Counting(3), pool=256).pool == 3
+    with pytest.raises(ValueError, match=r"data\.pool=0"):
+        CachedDataset(source, pool=0)
+
+
+def test_cached_phantoms_are_the_phantoms_of_their_index():
+    phantoms = PhantomDataset((16, 16), 12, seed=4)
+    cached = CachedDataset(phantoms, pool=5)
+    cached.fill()
+    for i in (0, 4, 5, 11):
+        assert torch.equal(cached[i], phantoms[i % 5])
+
+
+def test_folder_images_are_read_once(tmp_path, monkeypatch):
+    for name in ("a", "b", "c"):
+        _write_png(tmp_path / f"{name}.png", 12, 10)
+    folder = FolderDataset(tmp_path, (8, 8))
+    reads = []
+    read = folder._read
+    monkeypatch.setattr(folder, "_read", lambda path: reads.append(path.name) or read(path))
+    dm = ImageDataModule(folder, batch_size=2, pool=256)
+    dm.setup("fit")
+    assert reads == ["a.png", "b.png", "c.png"]
+    for _ in range(3):
+        list(dm.train_dataloader())
+    assert len(reads) == 3
+
+
+def test_datamodule_pool_is_made_in_setup_and_batches_are_reproducible():
+    source = Counting(40)
+    dm = ImageDataModule(source, batch_size=4, seed=1, pool=8)
+    assert source.made == 0
+    dm.setup("fit")  # Lightning calls it before training starts: before any window opens
+    assert source.made == 8
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 10 and source.made == 8
+    values = torch.cat(batches).flatten().unique()
+    assert set(values.tolist()) <= set(range(8))
+    again = ImageDataModule(Counting(40), batch_size=4, seed=1, pool=8)
+    assert torch.equal(next(iter(again.train_dataloader())), batches[0])

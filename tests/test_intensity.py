@@ -21,10 +21,13 @@ from lpm.carbon.intensity import (
     CountryTable,
     CsvSeries,
     ElectricityMapsApi,
+    Fallback,
     Intensity,
     OutOfRangeError,
+    SeriesError,
     SubnationalTable,
     UnknownZone,
+    annual_tables,
     co2e_kg,
     source_from_config,
 )
@@ -166,11 +169,11 @@ def test_csv_lpm_monthly(lpm_csv):
     assert (year.g_per_kwh, year.period, year.kind) == (350.0, "2024-01..2024-03", "annual")
     assert series.months("DE") == ["2024-01", "2024-02", "2024-03"]
     assert series.monthly("DE") == {"2024-01": 400.0, "2024-02": 300.0, "2024-03": 350.0}
-    with pytest.raises(OutOfRangeError, match=r"'DE' at 2024-04.*2024-01\.\.2024-03"):
+    with pytest.raises(OutOfRangeError, match=r"'DE' at 2024-04 in lpm\.csv.*2024-01\.\.2024-03"):
         series.lookup("DE", "2024-04")
     with pytest.raises(KeyError):
         series.lookup("DE", datetime(2023, 12, 31, 23, tzinfo=UTC))
-    with pytest.raises(UnknownZone, match="'PL'"):
+    with pytest.raises(UnknownZone, match=r"'PL' in lpm\.csv; it has DE, FR \(2 in all\)"):
         series.lookup("PL")
 
 
@@ -256,10 +259,39 @@ def test_csv_ember_monthly_keeps_only_co2_intensity(tmp_path):
 
 def test_csv_unknown_header_names_file_and_layouts(tmp_path):
     path = write(tmp_path, "odd.csv", "time,region,gco2", "2024-01,DE,300")
-    with pytest.raises(ValueError, match=r"odd\.csv") as e:
+    with pytest.raises(SeriesError, match=r"odd\.csv") as e:
         CsvSeries(path)
     for accepted in ("zone,start,intensity_g_per_kwh", "Zone id", "ISO 3 code"):
         assert accepted in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"bad\.csv: No such file or directory"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", r"bad\.csv: not a CSV text file"),
+        (b"zone,start,intensity_g_per_kwh\n" + b"x" * 200_000, r"bad\.csv: not a CSV text.*limit"),
+        (b"", r"bad\.csv: unrecognised CSV header \[\]"),
+        (b"zone,start,intensity_g_per_kwh\n", r"bad\.csv: no intensity rows"),
+        (b"zone,start,intensity_g_per_kwh\nDE,2024-01\n", r"bad\.csv:2: only 2 cells"),
+        (b"zone,start,intensity_g_per_kwh\nDE,2024-01,lots\n", r"bad\.csv:2: could not conv"),
+        (b"zone,start,intensity_g_per_kwh\nDE,2024-01,-5\n", r"bad\.csv:2: .*'-5'.*>= 0"),
+        (b"zone,start,intensity_g_per_kwh\nDE,2024-01,nan\n", r"bad\.csv:2: .*'nan'.*finite"),
+        (b"zone,start,intensity_g_per_kwh\nDE,January,5\n", r"bad\.csv:2: .*January"),
+    ],
+)
+def test_csv_garbage_is_one_series_error_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SeriesError, match=message) as e:
+        CsvSeries(path)
+    assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
+
+
+def test_csv_directory_is_a_series_error(tmp_path):
+    with pytest.raises(SeriesError, match=str(tmp_path)):
+        CsvSeries(tmp_path)
 
 
 # --- constant, chain, config ----------------------------------------------------------------------
@@ -283,12 +315,12 @@ def test_chain_first_hit_wins(lpm_csv):
     chain = Chain(CsvSeries(lpm_csv), SubnationalTable(), CountryTable())
     assert chain.lookup("DE", "2024-02").g_per_kwh == 300.0
     assert chain.lookup("SE3").zone == "SE-SE3"
-    # Outside the series, the next source that has the zone answers.
-    assert chain.lookup("DE", "2025-06").source.startswith("codecarbon global_energy_mix")
+    # A source that has the zone but not the time answers with an error: a later source
+    # answering instead would be a silent fallback (it was, and priced DE 2025-06 at DEU 2023).
+    with pytest.raises(OutOfRangeError, match=r"'DE' at 2025-06 in lpm\.csv"):
+        chain.lookup("DE", "2025-06")
     with pytest.raises(UnknownZone, match="'ATLANTIS'"):
         chain.lookup("ATLANTIS")
-    with pytest.raises(OutOfRangeError):
-        Chain(CsvSeries(lpm_csv), Constant(1.0, zone="X")).lookup("DE", "2025-06")
     assert {"DE", "SE-SE3", "DEU"} <= set(chain.zones())
 
 
@@ -297,7 +329,7 @@ def test_source_from_config(lpm_csv, monkeypatch):
     assert source_from_config({"source": "codecarbon"}).lookup("DE").zone == "DEU"
     csv_source = source_from_config({"source": "csv", "csv": str(lpm_csv)})
     assert csv_source.lookup("DE", "2024-01").g_per_kwh == 400.0
-    assert csv_source.lookup("PL").zone == "POL"  # falls back to the tables
+    assert csv_source.lookup("DE", "2024-01").fallback is None
     assert (
         source_from_config({"source": "constant", "constant_g_per_kwh": 7}).lookup("x").g_per_kwh
         == 7
@@ -324,11 +356,109 @@ def test_source_from_config(lpm_csv, monkeypatch):
             source_from_config(cfg)
     with pytest.raises(FileNotFoundError, match=r"carbon\.csv"):
         source_from_config({"source": "csv", "csv": str(lpm_csv.with_name("missing.csv"))})
+    garbage = write(lpm_csv.parent, "garbage.csv", "time,region,gco2", "2024-01,DE,300")
+    with pytest.raises(SeriesError, match=r"^carbon\.csv: .*garbage\.csv: unrecognised"):
+        source_from_config({"source": "csv", "csv": str(garbage)})
 
 
 def test_source_from_project_config():
     cfg = compose_cfg("site=se3")
     assert source_from_config(cfg.carbon).lookup(cfg.site.zone).zone == "SE-SE3"
+
+
+# --- nothing silent: what a series lacks is an error, unless carbon.fallback=annual -----------
+
+
+@pytest.fixture
+def em_csv(tmp_path):
+    """Germany's 2024 months in lpm's layout, as the issue's example names it."""
+    months = [f"DE,2024-{m:02d},{300 + m}" for m in range(1, 13)]
+    return write(tmp_path, "em.csv", "zone,start,intensity_g_per_kwh", *months)
+
+
+def test_csv_source_out_of_range_month_is_an_error(em_csv):
+    source = source_from_config({"source": "csv", "csv": str(em_csv)})
+    with pytest.raises(OutOfRangeError) as e:
+        source.lookup("DE", "2025-03")
+    assert str(e.value) == (
+        "no carbon intensity for zone 'DE' at 2025-03 in em.csv; covered: 2024-01..2024-12"
+    )
+    assert (e.value.zone, e.value.when, e.value.covered) == ("DE", "2025-03", "2024-01..2024-12")
+
+
+def test_csv_source_zone_not_in_series_is_an_error(em_csv):
+    source = source_from_config({"source": "csv", "csv": str(em_csv), "fallback": None})
+    # FRA is in the annual table: before, the series' lack of it went unsaid.
+    with pytest.raises(UnknownZone) as e:
+        source.lookup("FRA", "2024-03")
+    assert (
+        str(e.value)
+        == "no carbon intensity for zone 'FRA' at 2024-03 in em.csv; it has DE (1 in all)"
+    )
+    with pytest.raises(UnknownZone, match=r"'PL' in em\.csv"):
+        source.lookup("PL")  # the series mean is asked: still not the tables' value
+    # A country's ISO-3 code finds its ISO-2 series (site configs say DEU, exports DE).
+    assert source.lookup("DEU", "2024-03").g_per_kwh == 303.0
+
+
+def test_run_path_prices_an_uncovered_month_only_with_fallback_annual(em_csv):
+    # What lpm.run's pricer does: source_from_config(cfg.carbon).lookup(site.zone, carbon.when).
+    overrides = ["site=de", "carbon.source=csv", f"carbon.csv={em_csv}", "carbon.when=2025-03"]
+    cfg = compose_cfg(*overrides)
+    assert cfg.site.zone == "DEU"
+    with pytest.raises(
+        OutOfRangeError, match=r"'DE' at 2025-03 in em\.csv; covered: 2024-01\.\.2024-12"
+    ):
+        source_from_config(cfg.carbon).lookup(cfg.site.zone, cfg.carbon.when)
+    cfg = compose_cfg(*overrides, "carbon.fallback=annual")
+    got = source_from_config(cfg.carbon).lookup(cfg.site.zone, cfg.carbon.when)
+    assert (got.zone, got.period, got.g_per_kwh) == ("DEU", "2023", 380.95)
+    assert "at 2025-03" in got.fallback and "fallback=annual" in got.fallback
+
+
+def test_fallback_annual_states_what_was_asked_why_and_what_was_used(em_csv):
+    source = source_from_config({"source": "csv", "csv": str(em_csv), "fallback": "annual"})
+    assert isinstance(source, Fallback)
+    covered = source.lookup("DE", "2024-03")
+    assert (covered.g_per_kwh, covered.period, covered.fallback) == (303.0, "2024-03", None)
+    month = source.lookup("DE", "2025-03")
+    assert (month.zone, month.period, month.g_per_kwh, month.kind) == (
+        "DEU",
+        "2023",
+        380.95,
+        "annual",
+    )
+    assert month.source.startswith("codecarbon global_energy_mix.json")
+    assert month.fallback == (
+        "no carbon intensity for zone 'DE' at 2025-03 in em.csv; covered: 2024-01..2024-12; "
+        "priced from the annual table instead: DEU 2023, 380.95 g/kWh (fallback=annual)"
+    )
+    zone = source.lookup("US-CA", "2024-03")
+    assert zone.zone == "US-CA" and zone.fallback.startswith(
+        "no carbon intensity for zone 'US-CA' at 2024-03 in em.csv; it has DE (1 in all); priced "
+        "from the annual table instead: US-CA 2023"
+    )
+    assert "\n" not in month.fallback + zone.fallback
+    # Not in the series nor in the tables: one error naming both.
+    with pytest.raises(UnknownZone, match=r"'ATLANTIS' in em\.csv or the annual tables"):
+        source.lookup("ATLANTIS")
+    assert {"DE", "DEU", "US-CA"} <= set(source.zones())
+
+
+def test_fallback_keeps_out_of_range_when_no_table_has_the_zone(tmp_path):
+    path = write(tmp_path, "bz.csv", "zone,start,intensity_g_per_kwh", "DE-LU,2024-01,300")
+    source = Fallback(CsvSeries(path), annual_tables())
+    with pytest.raises(OutOfRangeError, match=r"'DE-LU' at 2025-01 in bz\.csv"):
+        source.lookup("DE-LU", "2025-01")
+
+
+@pytest.mark.parametrize("source", ["csv", "codecarbon", "constant"])
+def test_invalid_fallback_names_the_field_and_the_allowed_values(em_csv, source):
+    cfg = {"source": source, "csv": str(em_csv), "constant_g_per_kwh": 1, "fallback": "nearest"}
+    with pytest.raises(
+        ValueError, match=r"^carbon\.fallback: unknown 'nearest'; allowed: null, annual$"
+    ):
+        source_from_config(cfg)
 
 
 # --- Electricity Maps API against a loopback fake -------------------------------------------------

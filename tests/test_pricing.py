@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from lpm.carbon.equivalents import Factors
-from lpm.carbon.intensity import Constant, CountryTable, Intensity, source_from_config
+from lpm.carbon.intensity import (
+    Constant,
+    CountryTable,
+    CsvSeries,
+    Intensity,
+    source_from_config,
+    with_fallback,
+)
 from lpm.carbon.pricing import price
 from lpm.price import main as price_main
 from lpm.price import reprice
@@ -53,7 +61,30 @@ def test_co2e_is_energy_times_pue_times_intensity() -> None:
         "intensity_kind": "annual",
         "intensity_basis": "lifecycle",
         "pue": 1.58,
+        "fallback": None,
     }
+    # No fallback; the equivalents rest on two factors inferred from the study.
+    assert out["assumptions"] == [
+        "equivalents: flight_g_per_pkm = 240, INFERRED from Seyfarth et al. 2024: 360 kg ≈ a "
+        "1,500 km flight",
+        "equivalents: budget_kg_per_year = 1070, INFERRED from Seyfarth et al. 2024: 360 kg = "
+        "33.7% of the per-capita annual budget for a 50% chance of 1.5 °C",
+    ]
+    # Factors set in the config are the user's, not inferred.
+    mine = Factors.from_config({"flight_g_per_pkm": 200, "budget_kg_per_year": 1000})
+    assert price(PHASES, GERMANY, 1.58, mine)["assumptions"] == []
+
+
+def test_a_fallback_is_stated_in_carbon_and_in_the_assumptions() -> None:
+    statement = (
+        "no carbon intensity for zone 'DE' at 2025-03 in em.csv; covered: 2024-01..2024-12; "
+        "priced from the annual table instead: DEU 2023, 380.95 g/kWh (fallback=annual)"
+    )
+    fell_back = dataclasses.replace(GERMANY, fallback=statement)
+    out = price(PHASES, fell_back, pue=1.58)
+    assert out["carbon"]["fallback"] == statement
+    assert out["assumptions"][0] == f"carbon: {statement}"
+    assert out["totals"] == price(PHASES, GERMANY, pue=1.58)["totals"]
 
 
 def test_unmeasured_energy_stays_none_and_totals_need_every_phase() -> None:
@@ -69,16 +100,19 @@ def test_unmeasured_energy_stays_none_and_totals_need_every_phase() -> None:
     }
     assert out["totals"]["energy_kwh"] is None and out["totals"]["co2e_kg"] is None
     assert "car_km" not in out["totals"]
+    assert out["assumptions"] == []  # no equivalents, so none of their factors
 
 
 def _record(tmp_path: Path, name: str) -> Path:
     priced = price(PHASES, CountryTable().lookup("DEU"), 1.58, Factors())
     phases = {k: {**v, "co2e_kg": priced["co2e_kg"][k]} for k, v in PHASES.items()}
     record = {
+        "schema": "lpm.record/1",
         "status": "ok",
         "phases": phases,
         "carbon": priced["carbon"],
         "totals": priced["totals"],
+        "assumptions": ["CPU power: CodeCarbon estimate", *priced["assumptions"]],
     }
     path = tmp_path / name / "record.json"
     path.parent.mkdir(parents=True)
@@ -96,6 +130,19 @@ def test_reprice_round_trip(tmp_path: Path) -> None:
     assert france["totals"]["energy_kwh"] == original["totals"]["energy_kwh"]  # energy untouched
     back = reprice(france, source, "DEU")
     assert back == original
+    # Measurement assumptions kept; the pricing's replaced, not repeated.
+    assert france["assumptions"] == original["assumptions"]
+    series = tmp_path / "series.csv"
+    series.write_text("zone,start,intensity_g_per_kwh\nDE,2024-01,400\n")
+    annual = with_fallback(CsvSeries(series), "annual")
+    late = reprice(original, annual, "DE", "2025-01")
+    assert late["carbon"]["zone"] == "DEU" and "at 2025-01" in late["carbon"]["fallback"]
+    assert late["assumptions"] == [
+        "CPU power: CodeCarbon estimate",
+        f"carbon: {late['carbon']['fallback']}",
+        *original["assumptions"][1:],
+    ]
+    assert reprice(late, annual, "DE", "2024-01")["assumptions"] == original["assumptions"]
     cheaper_site = reprice(original, Constant(100.0), "anywhere", pue=1.1)
     assert cheaper_site["totals"]["co2e_kg"] == pytest.approx(40 * 1.1 * 0.1)
 

@@ -19,6 +19,11 @@ class Factor:
     value: float
     source: str
 
+    @property
+    def inferred(self) -> bool:
+        """Inferred from the study's numbers rather than stated by a source: an assumption."""
+        return "INFERRED" in self.source
+
 
 @dataclass(frozen=True)
 class Factors:
@@ -60,6 +65,14 @@ class Factors:
             if float(value) != getattr(defaults, key).value:
                 changes[key] = Factor(float(value), f"config: equivalents.{key} = {value}")
         return dataclasses.replace(defaults, **changes)
+
+    def assumptions(self) -> list[str]:
+        """One line per INFERRED factor: 'equivalents: flight_g_per_pkm = 240, INFERRED ...'."""
+        return [
+            f"equivalents: {f.name} = {factor.value:g}, {factor.source}"
+            for f in dataclasses.fields(self)
+            if (factor := getattr(self, f.name)).inferred
+        ]
 
 
 def equivalents(co2e_kg: float, factors: Factors | None = None) -> dict[str, Any]:

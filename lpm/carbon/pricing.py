@@ -1,7 +1,9 @@
 """Price measured and projected energy: `co2e = energy_kWh × PUE × intensity(zone, time)`.
 
 Works on the record's plain-dict phases so that finished records can be re-priced for any zone
-and month without rerunning anything.
+and month without rerunning anything. Every assumption a price rests on is returned with it, one
+line each, starting with "carbon: " or "equivalents: " (`ASSUMPTION_PREFIXES`): a re-pricing
+replaces those lines and keeps the record's others (measurement assumptions).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 from lpm.carbon.equivalents import Factors, equivalents
 from lpm.carbon.intensity import Intensity, co2e_kg
 from lpm.energy.window import J_PER_KWH
+
+ASSUMPTION_PREFIXES = ("carbon: ", "equivalents: ")
 
 
 def _kg(kwh: float | None, pue: float, intensity: Intensity) -> float | None:
@@ -35,7 +39,10 @@ def price(
 
     Returns:
         `{"carbon": {...}, "co2e_kg": {phase: {measured, projected, projected_ci95}},
-        "totals": {...}}`; energies without a measurement stay None.
+        "totals": {...}, "assumptions": [...]}`; energies without a measurement stay None.
+        `carbon.fallback` is the intensity's fallback statement (None when the configured
+        source answered); `assumptions` holds it and, when the totals have equivalents, the
+        factors they use that are INFERRED.
     """
     co2e: dict[str, dict[str, Any]] = {}
     measured_kwh: list[float] = []
@@ -70,7 +77,11 @@ def price(
         "measured_energy_kwh": sum(measured_kwh) if measured_kwh else None,
         "measured_co2e_kg": _kg(sum(measured_kwh), pue, intensity) if measured_kwh else None,
     }
-    totals |= equivalents(total_kg, factors or Factors()) if total_kg is not None else {}
+    factors = factors or Factors()
+    assumptions = [f"carbon: {intensity.fallback}"] if intensity.fallback else []
+    if total_kg is not None:
+        totals |= equivalents(total_kg, factors)
+        assumptions += factors.assumptions()
     carbon = {
         "zone": intensity.zone,
         "period": intensity.period,
@@ -79,5 +90,6 @@ def price(
         "intensity_kind": intensity.kind,
         "intensity_basis": intensity.basis,
         "pue": pue,
+        "fallback": intensity.fallback,
     }
-    return {"carbon": carbon, "co2e_kg": co2e, "totals": totals}
+    return {"carbon": carbon, "co2e_kg": co2e, "totals": totals, "assumptions": assumptions}

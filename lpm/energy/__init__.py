@@ -1,6 +1,10 @@
 """Measurement: meters and the Lightning callback that opens a window per phase.
 
 from lpm.energy import EnergyCallback, NodeMeters
+
+with NodeMeters("energy", "DEU") as meters:  # closed on exit: CodeCarbon stopped, CSV written
+    trainer = Trainer(callbacks=[energy := EnergyCallback(warmup=20, window=100, meters=meters)])
+    trainer.fit(model, datamodule)
 """
 
 from __future__ import annotations
