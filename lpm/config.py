@@ -5,9 +5,13 @@ Light on purpose (no torch): `--help`, config validation and the report import i
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import hashlib
+import importlib.util
 import math
 import os
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,18 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 SCALES = ("auto", "paper", "cpu")
 PHASES = ("autoencoder", "diffusion", "synthesis")
+# The diffusion UNet is trained on this many noise levels (the MONAI LDM recipes): a sampler can
+# take at most one denoising step per level.
+TRAIN_TIMESTEPS = 1000
+# What `Trainer(precision=...)` accepts in Lightning 2.6 (`_PRECISION_INPUT` in
+# lightning/fabric/plugins/precision/precision.py), listed here so that checking costs no import;
+# the aliases are what Lightning turns them into.
+PRECISIONS = (
+    "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
+    "transformer-engine", "transformer-engine-float16",
+)  # fmt: skip
+PRECISION_ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+MIN_WINDOWS = 3  # fewer give no robust centre, no outlier test and no interval worth the name
 
 
 class ConfigError(ValueError):
@@ -200,17 +216,163 @@ def job_dirname(overrides: str, limit: int = 120) -> str:
 OmegaConf.register_new_resolver("lpm_dirname", job_dirname, replace=True)
 
 
-def _at_least(key: str, value: Any, low: int) -> None:
+def _at_least(key: str, value: Any, low: int, why: str = "") -> None:
     if value is not None and value < low:
-        raise ConfigError(key, value, f"must be an integer >= {low}")
+        raise ConfigError(key, value, f"must be an integer >= {low}{why}")
 
 
-def check(cfg: DictConfig) -> None:
-    """Range and consistency checks that types alone cannot express.
+def _one_of(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        names = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise ConfigError(key, value, f"must be one of {names}")
+
+
+def _unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
+    """Keys added with `+key=...` that no schema field reads: they would be silently ignored."""
+    hints = typing.get_type_hints(schema)
+    known = {f.name for f in dataclasses.fields(schema)} | ({"hydra"} if not prefix else set())
+    for key in node:
+        if key not in known:
+            where = f"a key of {prefix.rstrip('.')}" if prefix else "an lpm config key"
+            raise ConfigError(
+                f"{prefix}{key}",
+                node[key],
+                f"not {where}; known keys: {', '.join(sorted(known))}",
+            )
+        kind = hints.get(key)  # none for `hydra`: Hydra's own, checked by Hydra
+        if dataclasses.is_dataclass(kind) and isinstance(node[key], DictConfig):
+            _unknown_keys(node[key], kind, f"{prefix}{key}.")
+
+
+def windows_for(iterations: int, windows: int) -> tuple[int, int]:
+    """(iterations per window, windows) when `iterations` are split into at most `windows`."""
+    size = max(1, math.ceil(iterations / windows))
+    return size, math.ceil(iterations / size)
+
+
+def scheduler_arguments(name: str) -> tuple[str, ...] | None:
+    """The keyword arguments of diffusers scheduler `name`, read from its source (no import).
+
+    None when that cannot be told without importing diffusers: the class is not found in
+    diffusers' scheduler sources, or its `__init__` takes `**kwargs`.
+    """
+    spec = importlib.util.find_spec("diffusers")  # finds, does not import, a top-level package
+    if spec is None or spec.origin is None:
+        return None
+    head = f"class {name}("
+    for path in sorted((Path(spec.origin).parent / "schedulers").rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if head not in source:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef) and node.name == name:
+                inits = [f for f in node.body if isinstance(f, ast.FunctionDef)]
+                init = next((f.args for f in inits if f.name == "__init__"), None)
+                if init is None or init.kwarg is not None:  # inherited, or open-ended
+                    return None
+                return tuple(a.arg for a in [*init.posonlyargs, *init.args, *init.kwonlyargs][1:])
+    return None
+
+
+def _check_sampler(cfg: DictConfig) -> None:
+    steps = cfg.sampler.steps
+    _at_least("sampler.steps", steps, 1)
+    if steps > TRAIN_TIMESTEPS:
+        raise ConfigError(
+            "sampler.steps",
+            steps,
+            f"must be <= {TRAIN_TIMESTEPS}, the timesteps the diffusion model is trained on "
+            "(one denoising step per trained noise level at most)",
+        )
+    # Only when kwargs are given: reading the scheduler's source costs ~10 ms. An unknown
+    # scheduler is left to the job, which lists the ones diffusers has.
+    accepted = scheduler_arguments(cfg.sampler.scheduler) if cfg.sampler.kwargs else None
+    if accepted is None:
+        return
+    for key, value in cfg.sampler.kwargs.items():
+        if key not in accepted:
+            raise ConfigError(
+                f"sampler.kwargs.{key}",
+                value,
+                f"not an argument of {cfg.sampler.scheduler}; it takes {', '.join(accepted)}",
+            )
+
+
+def _check_gpus(cfg: DictConfig, cuda: bool | None) -> None:
+    gpus = cfg.gpus
+    if gpus.scaling not in ("weak", "strong"):
+        raise ConfigError("gpus.scaling", gpus.scaling, "must be weak or strong")
+    devices = gpus.devices
+    if not (devices == "auto" or (isinstance(devices, int) and devices >= 1)):
+        raise ConfigError("gpus.devices", devices, "must be an integer >= 1 or auto")
+    _at_least("gpus.num_nodes", gpus.num_nodes, 1)
+    if gpus.accelerator in ("gpu", "cuda") and not (cuda_visible() if cuda is None else cuda):
+        raise ConfigError(
+            "gpus",
+            gpus.name,
+            f"asks for CUDA GPUs (gpus.accelerator={gpus.accelerator}) but none is visible "
+            "(no NVIDIA driver or device, or CUDA_VISIBLE_DEVICES hides them); use gpus=cpu, "
+            "or gpus=auto to take a GPU where there is one",
+        )
+
+
+def _check_measure(cfg: DictConfig) -> None:
+    from lpm.energy.meters import TRACKING_MODES  # standard library only until a meter is built
+
+    m = cfg.measure
+    why = f" ({MIN_WINDOWS} give a robust centre, outlier windows and an interval)"
+    _at_least("measure.windows", m.windows, MIN_WINDOWS, why)
+    for phase in PHASES:
+        _at_least(f"measure.{phase}.warmup", m[phase].warmup, 0)
+        _at_least(f"measure.{phase}.iterations", m[phase].iterations, 1)
+    _at_least("measure.synthesis.decode_warmup", m.synthesis.decode_warmup, 0)
+    _at_least("measure.synthesis.decodes", m.synthesis.decodes, 1)
+    if not m.full:  # a full run's windows split the target budget, not these counts
+        counts = {f"measure.{p}.iterations": m[p].iterations for p in PHASES}
+        counts["measure.synthesis.decodes"] = m.synthesis.decodes
+        for key, n in counts.items():
+            size, k = windows_for(n, m.windows)
+            if k < MIN_WINDOWS:
+                raise ConfigError(
+                    key,
+                    n,
+                    f"makes {k} window(s) of {size} with measure.windows={m.windows}; at least "
+                    f"{MIN_WINDOWS} are needed: use a multiple of measure.windows",
+                )
+    for key in ("force_cpu_power_w", "force_ram_power_w"):
+        if m[key] is not None and m[key] <= 0:
+            raise ConfigError(f"measure.{key}", m[key], "must be > 0 watts, or null (measured)")
+    _one_of("measure.tracking_mode", m.tracking_mode, TRACKING_MODES)
+
+
+def _check_carbon(cfg: DictConfig) -> None:
+    # The carbon package imports only the standard library: cheap enough for a check.
+    from lpm.carbon.intensity import FALLBACKS
+    from lpm.carbon.intensity.periods import parse_time
+
+    if cfg.carbon.when is not None:
+        try:
+            parse_time(cfg.carbon.when)
+        except ValueError:
+            raise ConfigError(
+                "carbon.when",
+                cfg.carbon.when,
+                "must be a year (2024), a month (2024-03), a day (2024-03-15) or an ISO time "
+                "(2024-03-15T12:00Z), or null",
+            ) from None
+    _one_of("carbon.fallback", cfg.carbon.fallback, (None, *FALLBACKS))
+
+
+def check(cfg: DictConfig, cuda: bool | None = None) -> None:
+    """Range and consistency checks that types alone cannot express; imports no torch.
+
+    Args:
+        cuda: whether a CUDA GPU is visible; None asks NVML (only for configs that want one).
 
     Raises:
         ConfigError: naming the first offending field and the values it accepts.
     """
+    _unknown_keys(cfg, LpmConfig)
     if cfg.scale not in SCALES:
         raise ConfigError("scale", cfg.scale, f"must be one of {', '.join(SCALES)}")
     if cfg.model.width <= 0:
@@ -218,23 +380,22 @@ def check(cfg: DictConfig) -> None:
     _at_least("model.num_res_blocks", cfg.model.num_res_blocks, 1)
     if cfg.dims.spatial_dims not in (2, 3):
         raise ConfigError("dims.spatial_dims", cfg.dims.spatial_dims, "must be 2 or 3")
-    _at_least("sampler.steps", cfg.sampler.steps, 1)
+    _at_least("seed", cfg.seed, 0)
+    if cfg.precision not in PRECISIONS + tuple(PRECISION_ALIASES):
+        raise ConfigError(
+            "precision",
+            cfg.precision,
+            f"must be one of Lightning's: {', '.join(PRECISIONS + tuple(PRECISION_ALIASES))}",
+        )
+    _check_sampler(cfg)
     for name in ("autoencoder_iterations", "diffusion_iterations", "samples"):
         _at_least(f"target.{name}", cfg.target[name], 1)
     for phase in PHASES:
         _at_least(f"batch.{phase}", cfg.batch[phase], 1)
-        _at_least(f"measure.{phase}.warmup", cfg.measure[phase].warmup, 0)
-        _at_least(f"measure.{phase}.iterations", cfg.measure[phase].iterations, 1)
-    _at_least("measure.synthesis.decode_warmup", cfg.measure.synthesis.decode_warmup, 0)
-    _at_least("measure.synthesis.decodes", cfg.measure.synthesis.decodes, 1)
-    _at_least("measure.windows", cfg.measure.windows, 1)
-    if cfg.gpus.scaling not in ("weak", "strong"):
-        raise ConfigError("gpus.scaling", cfg.gpus.scaling, "must be weak or strong")
-    devices = cfg.gpus.devices
-    if not (devices == "auto" or (isinstance(devices, int) and devices >= 1)):
-        raise ConfigError("gpus.devices", devices, "must be an integer >= 1 or auto")
-    _at_least("gpus.num_nodes", cfg.gpus.num_nodes, 1)
+    _check_measure(cfg)
+    _check_gpus(cfg, cuda)
     _at_least("data.num_workers", cfg.data.num_workers, 0)
+    _at_least("data.pool", cfg.data.pool, 1)
     if cfg.data.name == "folder" and (
         cfg.data.root is None or not Path(cfg.data.root).expanduser().is_dir()
     ):
@@ -251,6 +412,7 @@ def check(cfg: DictConfig) -> None:
                 "dims.image_size", list(size), f"needs {n} entries for dims={cfg.dims.name}"
             )
         _at_least("dims.image_size", min(size), 1)
+    _check_carbon(cfg)
 
 
 def cuda_visible() -> bool:

@@ -7,24 +7,33 @@ config has been checked, so that config mistakes fail in a second.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import sys
+from collections.abc import Callable, Iterable
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from lpm.config import LDMSpec
-from lpm.record.record import PhaseRecord, Record, measured_phase, projected_phase
+from lpm.carbon.projection import project
+from lpm.config import PRECISION_ALIASES, LDMSpec, windows_for
+from lpm.energy.window import PhaseMeasurement
+from lpm.record.record import PhaseRecord, Record, coverage, measured_phase, projected_phase
 
 log = logging.getLogger("lpm")
 
+CPU_SCALE = "networks shrunk for CPU: not the study's networks"
+
 
 def axes_of(cfg: DictConfig, spec: LDMSpec | None) -> dict[str, Any]:
-    """The sweep axes a record is filed under: what the report groups and compares by."""
+    """The sweep axes a record is filed under: what the report groups and compares by.
+
+    `precision` is the requested one in Lightning's spelling; the job replaces it with the one
+    Lightning runs once a trainer is built.
+    """
     return {
         "model": cfg.model.name,
         "dims": cfg.dims.name,
@@ -32,7 +41,7 @@ def axes_of(cfg: DictConfig, spec: LDMSpec | None) -> dict[str, Any]:
         "sampler": cfg.sampler.name,
         "scheduler": cfg.sampler.scheduler,
         "steps": cfg.sampler.steps,
-        "precision": cfg.precision,
+        "precision": PRECISION_ALIASES.get(cfg.precision, cfg.precision),
         "scale": spec.scale if spec else cfg.scale,
         "image_size": list(spec.image_size) if spec else None,
         "batch_size": spec.batch if spec else None,
@@ -41,12 +50,234 @@ def axes_of(cfg: DictConfig, spec: LDMSpec | None) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class PhasePlan:
+    """What one phase runs, which of it is measured, and the budget it is projected to.
+
+    Attributes:
+        warmup: iterations per unit of work run first and not counted.
+        measured: iterations per unit that are measured; `measure.windows` splits each.
+        budget: iterations per unit over the whole target budget (the projection's scale).
+        target: the record's `target` block.
+    """
+
+    name: str
+    warmup: dict[str, int]
+    measured: dict[str, int]
+    budget: dict[str, int]
+    target: dict[str, Any]
+
+    def runs(self, unit: str) -> int:
+        """Iterations of `unit` the phase runs, warm-up included."""
+        return self.warmup.get(unit, 0) + self.measured.get(unit, 0)
+
+
+def training_plan(cfg: DictConfig, phase: str, iterations: int) -> PhasePlan:
+    """A training phase of `iterations` steps in the target budget."""
+    budget, target = {"step": iterations}, {"iterations": iterations}
+    if cfg.measure.full:  # the whole budget, warm-up included: that is what it costs
+        return PhasePlan(phase, {}, budget, budget, target)
+    m = cfg.measure[phase]
+    return PhasePlan(phase, {"step": m.warmup}, {"step": m.iterations}, budget, target)
+
+
+def synthesis_plan_of(cfg: DictConfig, chains: int, batch: int) -> PhasePlan:
+    """Synthesis of `cfg.target.samples` in `chains` chains of `batch` samples (all ranks)."""
+    steps = cfg.sampler.steps
+    budget = {"unet": chains * steps, "decode": chains}
+    target = {"samples": cfg.target.samples, "steps": steps, "batch": batch, "chains": chains}
+    if cfg.measure.full:
+        return PhasePlan("synthesis", {}, budget, budget, target)
+    m = cfg.measure.synthesis
+    warmup = {"unet": m.warmup, "decode": m.decode_warmup}
+    measured = {"unet": m.iterations, "decode": m.decodes}
+    return PhasePlan("synthesis", warmup, measured, budget, target)
+
+
+def phase_record(plan: PhasePlan, m: PhaseMeasurement | None, finished: bool) -> PhaseRecord | None:
+    """A phase's record part from what it measured; None when it measured nothing at all.
+
+    A phase cut short keeps what it measured. Only a finished phase that measured every unit
+    of its budget is projected (one that ran fewer batches than warm-up + one window has no
+    units: its measurement says why).
+    """
+    if m is None:
+        return None
+    projectable = finished and set(plan.budget) <= set(m.units)
+    return PhaseRecord(
+        measured=measured_phase(m),
+        target=plan.target,
+        projected=projected_phase(project(m, plan.budget)) if projectable else {},
+        verdict=m.verdict.to_dict(),
+        coverage=coverage(m),
+    )
+
+
+def _ordered_union(*groups: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(a for group in groups for a in group))
+
+
 def _cpu_model() -> str:
     with suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+class JobRun:
+    """A job's phases as they run: each is measured by :meth:`measure` into the record, which is
+    priced and rewritten after every phase, so a job cut short keeps its finished phases.
+
+    Args:
+        price: `price(phases) -> {"carbon", "co2e_kg", "totals", "assumptions"}`.
+        meters: a `NodeMeters`, shared by the phases' energy callbacks.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        spec: LDMSpec,
+        record: Record,
+        job_dir: Path,
+        price: Callable[[dict], dict],
+        meters: Any,
+        logger: Any,
+    ) -> None:
+        self.cfg, self.spec, self.record, self.job_dir = cfg, spec, record, job_dir
+        self.price, self.meters, self.logger = price, meters, logger
+        self.rank0 = True  # known once a trainer has run
+        self.meter_assumptions: list[str] = []
+        self.fixed_assumptions = [CPU_SCALE] if spec.scale == "cpu" else []
+        record.assumptions = list(self.fixed_assumptions)
+
+    def train(self, plan: PhasePlan, module: Any) -> Any:
+        """Fit `module` for the plan's steps; return the trainer."""
+        steps = plan.runs("step")
+        trainer = self.trainer(plan, max_steps=steps)
+        world = trainer.world_size
+        batch = self._per_device(plan.name, world)
+        data = _datamodule(self.cfg, self.spec, steps * batch * world, batch)
+        self.measure(plan, trainer, lambda: trainer.fit(module, datamodule=data))
+        return trainer
+
+    def synthesize(self, dm: Any, world: int) -> None:
+        """Sample along the sampler's timestep schedule; keep the last images as a PNG.
+
+        Every rank runs the whole plan on its own chain: data-parallel synthesis.
+        """
+        import torch
+        from torch.utils.data import DataLoader
+
+        from lpm.workload.images import save_samples_png
+        from lpm.workload.ldm import chains_for, synthesis_plan
+
+        cfg = self.cfg
+        dm.sample_batch = self._per_device("synthesis", world)
+        chains = chains_for(cfg.target.samples, dm.sample_batch, world)
+        plan = synthesis_plan_of(cfg, chains, dm.sample_batch * world)
+        steps = cfg.sampler.steps
+        if cfg.measure.full:
+            items = synthesis_plan(steps, None, 0, chains)
+        else:
+            items = synthesis_plan(steps, plan.runs("unet"), plan.runs("decode"))
+        trainer = self.trainer(plan, use_distributed_sampler=False)
+
+        def predict() -> None:
+            with torch.no_grad():
+                trainer.predict(dm, DataLoader(items, batch_size=None), return_predictions=False)
+
+        self.measure(plan, trainer, predict)
+        if self.rank0 and dm.images is not None:
+            png = save_samples_png(dm.images, self.job_dir / "samples.png")
+            self.record.samples = {
+                "path": png.name,
+                "count": dm.images.shape[0],
+                "denoising_steps": dm.chain_steps,
+                "of_steps": steps,
+                "complete": dm.chain_steps == steps,
+            }
+
+    def _per_device(self, phase: str, world: int) -> int:
+        """Batch per device: strong scaling splits the configured batch over the devices."""
+        strong = self.cfg.gpus.scaling == "strong"
+        return max(1, self.spec.batch[phase] // (world if strong else 1))
+
+    def trainer(self, plan: PhasePlan, **kwargs: Any) -> Any:
+        """A Lightning trainer for `plan`, its windows metered by an `EnergyCallback`."""
+        from lpm.energy.callback import EnergyCallback
+
+        windows = self.cfg.measure.windows
+        callback = EnergyCallback(
+            plan.name,
+            warmup=plan.warmup,
+            window={u: windows_for(n, windows)[0] for u, n in plan.measured.items()},
+            meters=self.meters,
+        )
+        trainer = _trainer(self.cfg, plan.name, [callback], self.logger, **kwargs)
+        self._note_precision(trainer)
+        return trainer
+
+    def _note_precision(self, trainer: Any) -> None:
+        """Record the precision Lightning runs (16-mixed runs as bf16-mixed on a CPU)."""
+        asked = self.cfg.precision
+        ran = str(trainer.precision)
+        self.record.axes["precision"] = ran
+        if (
+            ran != PRECISION_ALIASES.get(asked, asked)
+            and "precision_requested" not in self.record.job
+        ):
+            self.record.job["precision_requested"] = asked
+            log.info("precision: %s asked, Lightning runs %s here", asked, ran)
+
+    def measure(
+        self, plan: PhasePlan, trainer: Any, work: Callable[[], None]
+    ) -> PhaseRecord | None:
+        """Run `work` (the phase's fit or predict on `trainer`) and file its record part, also
+        when it fails part-way; return that part."""
+        from lpm.energy.callback import EnergyCallback
+
+        callback = next(c for c in trainer.callbacks if isinstance(c, EnergyCallback))
+        finished = False
+        try:
+            work()
+            finished = True
+        finally:
+            part = phase_record(plan, callback.measurement, finished)
+            self._file(plan.name, trainer, callback.measurement, part)
+        return part
+
+    def _file(
+        self, name: str, trainer: Any, m: PhaseMeasurement | None, part: PhaseRecord | None
+    ) -> None:
+        record = self.record
+        self.rank0 = trainer.global_rank == 0
+        record.hardware = _hardware(self.cfg, trainer, self.meters.missing)  # meters exist now
+        if part is None:
+            return
+        record.phases[name] = part
+        self.meter_assumptions = _ordered_union(self.meter_assumptions, m.assumptions)
+        priced = self.price({k: vars(v) for k, v in record.phases.items()})
+        record.carbon, record.totals = priced["carbon"], priced["totals"]
+        for phase, co2e in priced["co2e_kg"].items():
+            record.phases[phase].co2e_kg = co2e
+        record.assumptions = _ordered_union(
+            self.meter_assumptions, priced["assumptions"], self.fixed_assumptions
+        )
+        if self.rank0:
+            _log_quality(name, part)
+            record.write(self.job_dir / "record.json")
+
+
+def _log_quality(name: str, part: PhaseRecord) -> None:
+    verdict, cover = part.verdict, part.coverage
+    reasons = "; ".join(verdict.get("reasons", []))
+    log.info("  %s: %s%s", name, verdict.get("status"), f" ({reasons})" if reasons else "")
+    if cover and not cover.get("complete", True):
+        meters = ", ".join(
+            f"{c} {v['metered']}/{v['expected']}" for c, v in cover.items() if c != "complete"
+        )
+        log.warning("  %s: incomplete, not every meter reported (%s)", name, meters)
 
 
 def _trainer(cfg: DictConfig, phase: str, callbacks: list, logger: Any, **kwargs: Any):
@@ -83,111 +314,50 @@ def _trainer(cfg: DictConfig, phase: str, callbacks: list, logger: Any, **kwargs
     )
 
 
+def _datamodule(cfg: DictConfig, spec: LDMSpec, images: int, batch: int) -> Any:
+    """Training images for one phase of `images` samples (all ranks), in batches of `batch`.
+
+    At most `data.pool` distinct images are made or loaded, before the measured windows open;
+    a longer phase cycles through them.
+    """
+    from lpm.workload.data import FolderDataset, ImageDataModule, PhantomDataset
+
+    if cfg.data.name == "folder":
+        dataset = FolderDataset(cfg.data.root, spec.image_size, spec.in_channels)
+    else:  # one epoch covers the whole phase
+        dataset = PhantomDataset(spec.image_size, images, cfg.seed, spec.in_channels)
+    return ImageDataModule(dataset, batch, cfg.data.num_workers, cfg.seed, pool=cfg.data.pool)
+
+
 def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price: Any) -> None:
     """Run the three measured phases, rewriting `record` after each one.
 
     Args:
-        price: `price(phases) -> {"carbon", "co2e_kg", "totals"}` for the record's phases.
+        price: `price(phases) -> {"carbon", "co2e_kg", "totals", "assumptions"}` for the
+            record's phases.
     """
     import hydra
     import torch
-    from torch.utils.data import DataLoader
 
-    from lpm.carbon.projection import project
-    from lpm.energy.callback import EnergyCallback
     from lpm.energy.meters import NodeMeters
-    from lpm.workload.data import FolderDataset, ImageDataModule, PhantomDataset
-    from lpm.workload.images import save_samples_png
-    from lpm.workload.ldm import (
-        AutoencoderModule,
-        DiffusionModule,
-        chains_for,
-        count_params,
-        synthesis_plan,
-    )
+    from lpm.workload.ldm import AutoencoderModule, DiffusionModule, count_params
 
     torch.manual_seed(cfg.seed)
     if cfg.gpus.accelerator == "cpu" and isinstance(cfg.gpus.devices, int) and cfg.gpus.devices > 1:
         # CPU ranks share the cores; each rank's own full thread pool would oversubscribe them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.gpus.devices))
     logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else None
-    full = cfg.measure.full
+    measure = cfg.measure
     meters = NodeMeters(
         job_dir,
         cfg.site.country_iso3,
         {
-            "force_cpu_power_w": cfg.measure.force_cpu_power_w,
-            "force_ram_power_w": cfg.measure.force_ram_power_w,
+            "force_cpu_power_w": measure.force_cpu_power_w,
+            "force_ram_power_w": measure.force_ram_power_w,
         },
+        tracking_mode=measure.tracking_mode,
     )
-    rank0 = True
-
-    def per_device(phase: str, world: int) -> int:
-        return max(1, spec.batch[phase] // (world if cfg.gpus.scaling == "strong" else 1))
-
-    def callback_for(phase: str, counts: dict[str, int]) -> EnergyCallback:
-        """The phase's measured windows; `counts`: measured iterations per unit of work."""
-        m = cfg.measure[phase]
-        # A full run measures its whole budget, warm-up included: that is what it costs.
-        warmup = (
-            {}
-            if full
-            else {"step": m.warmup, "unet": m.warmup, "decode": m.get("decode_warmup", 0)}
-        )
-        size = {u: max(1, math.ceil(n / cfg.measure.windows)) for u, n in counts.items()}
-        return EnergyCallback(phase, warmup=warmup, window=size, meters=meters)
-
-    def measured(phase: str, trainer: Any, run: Any, target: dict, budget: dict) -> None:
-        """Run a phase; record what it measured even when it fails part-way.
-
-        Args:
-            budget: iterations per unit of work the projection scales to.
-        """
-        nonlocal rank0
-        callback = next(c for c in trainer.callbacks if isinstance(c, EnergyCallback))
-        finished = False
-        try:
-            run()
-            finished = True
-        finally:
-            rank0 = trainer.global_rank == 0
-            record.hardware = _hardware(trainer, meters.missing)  # meters exist once it ran
-            m = callback.measurement
-            if m is not None:
-                # A phase cut short keeps what it measured; only a finished one is projected.
-                record.phases[phase] = PhaseRecord(
-                    measured=measured_phase(m),
-                    target=target,
-                    projected=projected_phase(project(m, budget)) if finished else {},
-                )
-                priced = price({k: vars(v) for k, v in record.phases.items()})
-                record.carbon, record.totals = priced["carbon"], priced["totals"]
-                for name, co2e in priced["co2e_kg"].items():
-                    record.phases[name].co2e_kg = co2e
-                if rank0:
-                    record.write(job_dir / "record.json")
-
-    def train(phase: str, module: Any, target: int) -> Any:
-        m = cfg.measure[phase]
-        steps = target if full else m.warmup + m.iterations
-        counts = {"step": target if full else m.iterations}
-        trainer = _trainer(cfg, phase, [callback_for(phase, counts)], logger, max_steps=steps)
-
-        def fit() -> None:
-            world = trainer.world_size
-            batch = per_device(phase, world)
-            if cfg.data.name == "folder":
-                dataset = FolderDataset(cfg.data.root, spec.image_size, spec.in_channels)
-            else:  # one epoch of fresh phantoms covers the whole phase
-                dataset = PhantomDataset(
-                    spec.image_size, steps * batch * world, cfg.seed, spec.in_channels
-                )
-            trainer.fit(
-                module, datamodule=ImageDataModule(dataset, batch, cfg.data.num_workers, cfg.seed)
-            )
-
-        measured(phase, trainer, fit, {"iterations": target}, {"step": target})
-        return trainer
+    job = JobRun(cfg, spec, record, job_dir, price, meters, logger)
 
     ae = AutoencoderModule(spec)
     dm = DiffusionModule(
@@ -204,49 +374,16 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
         f"{record.params['autoencoder']:,}",
         f"{record.params['unet']:,}",
     )
+    target = cfg.target
     try:
-        train("autoencoder", ae, cfg.target.autoencoder_iterations)
-        trainer = train("diffusion", dm, cfg.target.diffusion_iterations)
-
-        # Every rank runs the whole plan on its own chain: data-parallel synthesis.
-        world, steps = trainer.world_size, cfg.sampler.steps
-        dm.sample_batch = per_device("synthesis", world)
-        chains = chains_for(cfg.target.samples, dm.sample_batch, world)
-        m = cfg.measure.synthesis
-        if full:
-            plan = synthesis_plan(steps, None, 0, chains)
-            counts = {"unet": chains * steps, "decode": chains}
-        else:
-            plan = synthesis_plan(steps, m.warmup + m.iterations, m.decode_warmup + m.decodes)
-            counts = {"unet": m.iterations, "decode": m.decodes}
-        callback = callback_for("synthesis", counts)
-        trainer = _trainer(cfg, "synthesis", [callback], logger, use_distributed_sampler=False)
-
-        def predict() -> None:
-            with torch.no_grad():
-                trainer.predict(dm, DataLoader(plan, batch_size=None), return_predictions=False)
-
-        target = {
-            "samples": cfg.target.samples,
-            "steps": steps,
-            "batch": dm.sample_batch * world,
-            "chains": chains,
-        }
-        measured("synthesis", trainer, predict, target, {"unet": chains * steps, "decode": chains})
-        if rank0 and dm.images is not None:
-            png = save_samples_png(dm.images, job_dir / "samples.png")
-            record.samples = {
-                "path": png.name,
-                "count": dm.images.shape[0],
-                "denoising_steps": dm.chain_steps,
-                "of_steps": steps,
-                "complete": dm.chain_steps == steps,
-            }
+        job.train(training_plan(cfg, "autoencoder", target.autoencoder_iterations), ae)
+        trainer = job.train(training_plan(cfg, "diffusion", target.diffusion_iterations), dm)
+        job.synthesize(dm, trainer.world_size)
     finally:
         meters.close()
 
 
-def _hardware(trainer: Any, missing_meters: dict[str, str]) -> dict[str, Any]:
+def _hardware(cfg: DictConfig, trainer: Any, missing_meters: dict[str, str]) -> dict[str, Any]:
     import torch
 
     device = trainer.strategy.root_device
@@ -259,6 +396,7 @@ def _hardware(trainer: Any, missing_meters: dict[str, str]) -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
+        "tracking_mode": cfg.measure.tracking_mode,
         "missing_meters": dict(missing_meters),
     }
 

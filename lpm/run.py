@@ -6,6 +6,7 @@ A failing job is recorded as failed and never takes the sweep down with it.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -15,12 +16,13 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -54,6 +56,8 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*predict returned None.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # Said once by the job, which records the precision that ran; Lightning says it per trainer.
+    warnings.filterwarnings("ignore", ".*AMP with fp16 is not supported on CPU.*")
 
 
 def _relaunch_this_job(local_rank: int) -> tuple[list[str], str]:
@@ -108,19 +112,59 @@ def pricer(cfg: DictConfig) -> Callable[[dict], dict]:
     return lambda phases: price(phases, intensity, cfg.site.pue, factors)
 
 
+class JobDirTakenError(Exception):
+    """The job directory holds the record of another job: other overrides, or none recorded."""
+
+    def __init__(self, job_dir: Path, theirs: Sequence[str] | None, ours: Sequence[str]) -> None:
+        held = f"the overrides [{' '.join(theirs)}]" if theirs is not None else "no overrides"
+        super().__init__(
+            f"{job_dir} holds the record of another job ({held}), not of this one "
+            f"([{' '.join(ours)}]); its record is kept: give this job another directory "
+            "(hydra.run.dir, or hydra.sweep.dir / hydra.sweep.subdir in a sweep)"
+        )
+
+
+def resume_action(path: Path, overrides: Sequence[str]) -> str:
+    """`skip` or `run`, from the record at `path` and this job's overrides alone.
+
+    Every rank decides for itself from the same file, so all ranks of a job agree (rank 0
+    writes the record only once every rank has joined the first phase). Overrides are compared
+    as a set of `key=value` items: their order on the command line does not change the job.
+
+    Returns:
+        `skip` when the record is `ok` and of this job; `run` when there is none, it cannot be
+        read (no record lpm could use), or it is this job's but not `ok`.
+
+    Raises:
+        JobDirTakenError: the record is another job's, whatever its status.
+    """
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "run"
+    if not isinstance(record, dict):
+        return "run"
+    theirs = (record.get("job") or {}).get("overrides")
+    if theirs is None or sorted(theirs) != sorted(overrides):
+        raise JobDirTakenError(path.parent, theirs, overrides)
+    return "skip" if record.get("status") == "ok" else "run"
+
+
 _signals: list[str] = []  # received by this process; Lightning turns them into SystemExit(1)
+SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Slurm's time limit and `kill`; Ctrl-C
 
 
-def _raise_on_sigterm() -> Any:
-    """Turn SIGTERM (Slurm's time limit, `kill`) into KeyboardInterrupt so the record is written."""
+def _interrupt_on_signals() -> dict[int, Any]:
+    """Turn SIGTERM and SIGINT into KeyboardInterrupt naming the signal, so the record says
+    which one stopped the job. Returns the handlers to restore (none off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def interrupt(signum: int, frame: Any) -> None:
         _signals.append(signal.Signals(signum).name)
         raise KeyboardInterrupt(_signals[-1])
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    return {s: signal.signal(s, interrupt) for s in SIGNALS}
 
 
 def run(cfg: DictConfig) -> str:
@@ -136,8 +180,17 @@ def run(cfg: DictConfig) -> str:
     label = " ".join(hc.overrides.task) or "(defaults)"
     if rank0:
         log.info("job %d/%s %s", hc.job.num + 1 if multirun else 1, total if multirun else 1, label)
-    if rank0 and read_status(path) == "ok":
-        log.info("  already ok in %s: skipped", job_dir)
+    try:
+        action = resume_action(path, hc.overrides.task)
+    except JobDirTakenError as exc:
+        if not multirun:
+            print(f"lpm: {exc}", file=sys.stderr)
+            sys.exit(2)
+        log.error("  %s", exc)
+        return "failed"
+    if action == "skip":
+        if rank0:
+            log.info("  already ok in %s: skipped", job_dir)
         return "skipped"
 
     t0 = time.time()
@@ -165,7 +218,7 @@ def run(cfg: DictConfig) -> str:
     record.axes, record.spec = axes_of(cfg, spec), spec.to_dict()
     _quiet()
     _install_relaunch()
-    previous = _raise_on_sigterm()
+    previous = _interrupt_on_signals()
     try:
         execute(cfg, spec, record, job_dir, price)
         record.status = "ok"
@@ -179,8 +232,8 @@ def run(cfg: DictConfig) -> str:
             (job_dir / "error.txt").write_text(traceback.format_exc())
         log.error("  job failed: %s (traceback in error.txt)", record.error)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         record.job["seconds"] = time.time() - t0
         if rank0:
             save(record, job_dir)
@@ -194,6 +247,13 @@ def run(cfg: DictConfig) -> str:
 
 class SweepProgress(Callback):
     """Counts a sweep's jobs up front (for `job 3/6` lines) and summarises it at the end."""
+
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        completed = job_return.status == JobStatus.COMPLETED
+        self.statuses.append(job_return.return_value if completed else "failed")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -210,11 +270,16 @@ class SweepProgress(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        statuses = [read_status(p) or "unreadable" for p in sorted(sweep.glob("**/record.json"))]
+        # The jobs' own statuses where they ran in this process (a job refused because its
+        # directory holds another job's record leaves no record of its own); a launcher that
+        # runs them elsewhere (submitit) leaves only the records to count.
+        statuses = self.statuses or [
+            read_status(p) or "unreadable" for p in sorted(sweep.glob("**/record.json"))
+        ]
         counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
-        summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no records"
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no jobs"
         log.info("sweep %s: %s", sweep, summary)
-        if any(s != "ok" for s in statuses):
+        if any(s not in ("ok", "skipped") for s in statuses):
             sys.exit(1)
 
 

@@ -22,20 +22,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
-# Every phase runs 1 warm-up + 2 measured iterations in 2 windows: a job takes a few seconds.
+# Every unit runs 1 warm-up (no decode warm-up) + 3 measured iterations in 3 windows (the fewest
+# lpm accepts): a job takes a few seconds.
 TINY = [
     "logger=none",
     "gpus=cpu",
     "scale=cpu",
-    "measure.autoencoder.iterations=2",
+    "measure.autoencoder.iterations=3",
     "measure.autoencoder.warmup=1",
-    "measure.diffusion.iterations=2",
+    "measure.diffusion.iterations=3",
     "measure.diffusion.warmup=1",
-    "measure.synthesis.iterations=2",
+    "measure.synthesis.iterations=3",
     "measure.synthesis.warmup=1",
-    "measure.synthesis.decodes=1",
+    "measure.synthesis.decodes=3",
     "measure.synthesis.decode_warmup=0",
-    "measure.windows=2",
+    "measure.windows=3",
 ]
 SIZE_2D = ["dims.image_size=[16,16]"]
 SIZE_3D = ["dims=3d", "dims.image_size=[16,16,16]"]

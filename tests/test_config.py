@@ -2,13 +2,26 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import CONF, compose_cfg, options
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lpm.config import ConfigError, LDMSpec, check, resolve_scale, resolve_spec
+from lpm.config import (
+    PRECISION_ALIASES,
+    PRECISIONS,
+    ConfigError,
+    LDMSpec,
+    check,
+    cuda_visible,
+    resolve_scale,
+    resolve_spec,
+    scheduler_arguments,
+)
 
 AXES = ("model", "dims", "gpus", "sampler", "data", "logger")
 
@@ -85,7 +98,7 @@ def test_every_combination_composes_checks_and_resolves(
     )  # fmt: skip
     assert (cfg.model.name, cfg.dims.name, cfg.gpus.name) == (model, dims, gpus)
     assert (cfg.sampler.name, cfg.data.name) == (sampler, data)
-    check(cfg)
+    check(cfg, cuda=True)  # gpus=1gpu... ask for a GPU: checked apart, below
     for scale in ("paper", "cpu"):
         _check_spec(cfg, resolve_spec(cfg, scale), scale)
 
@@ -131,7 +144,34 @@ def test_resolve_scale() -> None:
         (["dims.image_size=[0,16]"], "dims.image_size", ">= 1"),
         (["data=folder", "data.root=/does/not/exist"], "data.root", "directory"),
         (["data=folder"], "data.root", "directory"),
-        (["measure.windows=0"], "measure.windows", ">= 1"),
+        (["measure.windows=0"], "measure.windows", ">= 3"),
+        (["measure.windows=2"], "measure.windows", ">= 3 (3 give a robust centre"),
+        (
+            ["measure.windows=3", "measure.diffusion.iterations=4"],
+            "measure.diffusion.iterations",
+            "makes 2 window(s) of 2 with measure.windows=3; at least 3",
+        ),
+        (["measure.synthesis.decodes=2"], "measure.synthesis.decodes", "makes 2 window(s)"),
+        (["sampler.steps=1001"], "sampler.steps", "<= 1000, the timesteps"),
+        (["sampler=ddim", "sampler.steps=5000"], "sampler.steps", "<= 1000"),
+        (["seed=-1"], "seed", ">= 0"),
+        (["precision=16-bogus"], "precision", "32-true, 16-mixed, bf16-mixed"),
+        (["precision=8"], "precision", "one of Lightning's"),
+        (["measure.force_cpu_power_w=0"], "measure.force_cpu_power_w", "> 0 watts"),
+        (["measure.force_ram_power_w=-3"], "measure.force_ram_power_w", "> 0 watts"),
+        (["measure.tracking_mode=proc"], "measure.tracking_mode", "machine, process"),
+        (["carbon.when=garbage"], "carbon.when", "a month (2024-03)"),
+        (["carbon.when=2024-13"], "carbon.when", "a month (2024-03)"),
+        (["carbon.fallback=monthly"], "carbon.fallback", "null, annual"),
+        (["data.pool=0"], "data.pool", ">= 1"),
+        (["+foo=1"], "foo", "not an lpm config key; known keys: batch, carbon"),
+        (["+measure.windowz=5"], "measure.windowz", "not a key of measure; known keys: "),
+        (["+dims.paper.unet.heads=4"], "dims.paper.unet.heads", "attention_levels, channels"),
+        (
+            ["+sampler.kwargs.eta=0.0", "sampler=ddim"],
+            "sampler.kwargs.eta",
+            "not an argument of DDIMScheduler; it takes num_train_timesteps, ",
+        ),
         (["measure.diffusion.iterations=0"], "measure.diffusion.iterations", ">= 1"),
         (["measure.autoencoder.warmup=-1"], "measure.autoencoder.warmup", ">= 0"),
         (["measure.synthesis.decodes=0"], "measure.synthesis.decodes", ">= 1"),
@@ -151,6 +191,133 @@ def test_check_rejects_out_of_range(overrides: list[str], key: str, allowed: str
     message = str(info.value)
     assert message.startswith(f"{key}="), message
     assert allowed in message, message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["precision=16-mixed"],
+        ["precision=bf16"],
+        ["precision=64"],
+        ["seed=0", "measure.windows=3"],
+        ["measure.force_cpu_power_w=45", "measure.force_ram_power_w=3.5"],
+        ["measure.tracking_mode=process", "carbon.fallback=annual"],
+        ["carbon.when=2024"],
+        ["carbon.when=2024-03"],
+        ["carbon.when=2024-03-15T12:00Z"],
+        ["sampler.steps=1000", "+sampler.kwargs.variance_type=fixed_large"],
+        ["sampler=ddim", "+sampler.kwargs.timestep_spacing=trailing"],
+        ["sampler.scheduler=NoSuchScheduler", "+sampler.kwargs.foo=1"],  # left to make_scheduler
+        ["measure.windows=3", "measure.diffusion.iterations=5", "measure.synthesis.decodes=3"],
+        ["measure.full=true", "measure.synthesis.decodes=1"],  # full runs split the budget
+    ],
+    ids=" ".join,
+)
+def test_check_accepts_valid_input(overrides: list[str]) -> None:
+    check(compose_cfg(*overrides), cuda=False)
+
+
+def test_check_accepts_hydras_own_section() -> None:
+    """Hydra's config beside lpm's (compose(return_hydra_config=True)) is no unknown key."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    assert "hydra" in cfg
+    check(cfg, cuda=False)
+
+
+@pytest.mark.parametrize("gpus", ["1gpu", "2gpu", "4gpu", "8gpu"])
+def test_gpus_without_a_visible_gpu_are_rejected(gpus: str) -> None:
+    cfg = compose_cfg(f"gpus={gpus}")
+    check(cfg, cuda=True)
+    with pytest.raises(ConfigError) as info:
+        check(cfg, cuda=False)
+    assert info.value.key == "gpus"
+    message = str(info.value)
+    assert message.startswith(f"gpus={gpus}: asks for CUDA GPUs"), message
+    assert "use gpus=cpu" in message
+
+
+@pytest.mark.parametrize("gpus", ["cpu", "auto"])
+def test_gpus_that_run_without_a_gpu_are_accepted(gpus: str) -> None:
+    check(compose_cfg(f"gpus={gpus}"), cuda=False)
+
+
+def test_cuda_visible_devices_hiding_every_gpu_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert cuda_visible() is False
+    with pytest.raises(ConfigError):
+        check(compose_cfg("gpus=1gpu"))  # asks NVML only when the config wants a GPU
+
+
+def test_precisions_are_lightnings() -> None:
+    """The static list is the one in Lightning's source (read, not imported: that takes 4 s)."""
+    import ast
+    import importlib.util
+
+    origin = importlib.util.find_spec("lightning").origin
+    source = Path(origin).parent / "fabric" / "plugins" / "precision" / "precision.py"
+    values = {}
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            values[node.targets[0].id] = node.value
+    literal = values["_PRECISION_INPUT_STR"]
+    assert isinstance(literal, ast.Subscript)
+    assert {e.value for e in literal.slice.elts} == set(PRECISIONS)
+    assert ast.literal_eval(values["_PRECISION_INPUT_STR_ALIAS_CONVERSION"]) == PRECISION_ALIASES
+
+
+def test_scheduler_arguments_read_from_source_match_the_classes() -> None:
+    """The static read of every diffusers scheduler's `__init__` agrees with the imported class
+    (or declines: None)."""
+    import inspect
+
+    import diffusers
+
+    names = [
+        n
+        for n in dir(diffusers)
+        if n.endswith("Scheduler")
+        and n[0].isupper()
+        # diffusers' placeholders for schedulers whose extra dependency is missing
+        and type(getattr(diffusers, n)).__name__ != "DummyObject"
+    ]
+    read = {n: scheduler_arguments(n) for n in names}
+    assert read["DDPMScheduler"] and read["DDIMScheduler"]
+    assert sum(a is not None for a in read.values()) > len(names) / 2
+    for name, arguments in read.items():
+        if arguments is None:
+            continue
+        parameters = list(inspect.signature(getattr(diffusers, name).__init__).parameters)[1:]
+        assert list(arguments) == parameters, name
+    assert scheduler_arguments("NoSuchScheduler") is None
+
+
+def test_check_imports_no_torch() -> None:
+    """Bad input fails before torch, Lightning or diffusers load (it takes a second, not five)."""
+    bad = [
+        ["sampler.steps=1001"], ["seed=-1"], ["precision=8"], ["measure.windows=2"],
+        ["measure.force_cpu_power_w=0"], ["measure.tracking_mode=proc"],
+        ["carbon.when=garbage"], ["carbon.fallback=monthly"], ["+foo=1"],
+        ["+sampler.kwargs.foo=1"], ["gpus=1gpu"],
+    ]  # fmt: skip
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import compose_cfg
+from lpm.config import ConfigError, check
+for overrides in {bad!r}:
+    try:
+        check(compose_cfg(*overrides), cuda=False)
+        print("accepted", overrides)
+    except ConfigError:
+        pass
+print(sorted(m for m in ("torch", "lightning", "diffusers", "monai") if m in sys.modules))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]", proc.stdout
 
 
 def test_folder_data_needs_a_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,12 +42,28 @@ def make_record(
     status: str = "ok",
     error: str | None = None,
     schema: str = "lpm.record/1",
+    kwh: dict[str, float] | None = None,
+    ci: float = 0.1,
+    seed: int | None = None,
+    verdicts: dict[str, str] | None = None,
+    coverage: dict[str, tuple[int, int]] | None = None,
+    unet_j: tuple[float, float, float] | None = None,
 ) -> dict[str, Any]:
-    """A valid lpm.record/1 with energies from a toy cost model of the axes, priced as a job is."""
+    """A valid lpm.record/1 with energies from a toy cost model of the axes, priced as a job is.
+
+    Older records have no verdict, coverage or per-unit joules; these knobs add them:
+        kwh: projected kWh per phase, in place of the toy model's.
+        ci: relative half-width of every projected interval.
+        seed: a `seed=` override in `job.overrides`.
+        verdicts: phase -> "stable" | "noisy" (every phase gets one when given; default stable).
+        coverage: phase -> (GPUs metered, expected) (every phase gets one when given).
+        unet_j: synthesis joules per UNet evaluation (value, low, high).
+    """
     scale = SIZE[model] * (1.0 if dims == "3d" else 0.1) * (0.6 if precision != "32-true" else 1)
     phases = {}
-    for phase, kwh in BASE_KWH.items():
-        e = kwh * scale * (steps / 1000 if phase == "synthesis" else 1)
+    for phase, base_kwh in BASE_KWH.items():
+        e = base_kwh * scale * (steps / 1000 if phase == "synthesis" else 1)
+        e = kwh[phase] if kwh and phase in kwh else e
         seconds = 3600 * e / gpus
         target = {"samples": 10_000, "steps": steps} if phase == "synthesis" else {}
         phases[phase] = {
@@ -60,10 +76,25 @@ def make_record(
             "target": target or {"iterations": 150_000},
             "projected": {
                 "seconds": seconds,
-                "seconds_ci95": [0.9 * seconds, 1.1 * seconds],
+                "seconds_ci95": [(1 - ci) * seconds, (1 + ci) * seconds],
                 "energy_kwh": e,
-                "energy_kwh_ci95": [0.9 * e, 1.1 * e],
+                "energy_kwh_ci95": [(1 - ci) * e, (1 + ci) * e],
             },
+        }
+        if verdicts is not None:
+            verdict = verdicts.get(phase, "stable")
+            reasons = ["step: 1 of 5 windows excluded as outliers"] if verdict == "noisy" else []
+            phases[phase]["verdict"] = {"status": verdict, "reasons": reasons}
+        if coverage is not None:
+            metered, expected = coverage.get(phase, (gpus, gpus))
+            phases[phase]["coverage"] = {
+                "gpu": {"metered": metered, "expected": expected},
+                "complete": metered >= expected,
+            }
+    if unet_j is not None:
+        value, low, high = unet_j
+        phases["synthesis"]["measured"]["units"] = {
+            "unet": {"joules_per_iteration": {"value": value, "ci95": [low, high]}}
         }
     priced = price(phases, Intensity(intensity, zone, "2023", "test table"), PUE)
     for phase, co2e in priced["co2e_kg"].items():
@@ -95,7 +126,7 @@ def make_record(
         "phases": phases,
         "carbon": priced["carbon"],
         "totals": priced["totals"],
-        "job": {"overrides": []},
+        "job": {"overrides": [] if seed is None else [f"seed={seed}"]},
     }
 
 

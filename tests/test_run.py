@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,16 +19,23 @@ from conftest import REPO, SHORT_DIRNAMES, SIZE_2D, SIZE_3D, TINY, compose_cfg, 
 from PIL import Image
 
 from lpm.config import resolve_spec
+from lpm.job import CPU_SCALE
+from lpm.run import JobDirTakenError, resume_action
 from lpm.workload.ldm import build_autoencoder, build_unet, count_params
 
-JOBS = {"2d": ["model=small", *TINY, *SIZE_2D], "3d": ["model=small", *TINY, *SIZE_3D]}
-# What TINY asks for: 1 warm-up + 2 measured iterations per phase, 1 measured decode, 2 windows.
-MEASURED = {
-    "autoencoder": {"step": 2},
-    "diffusion": {"step": 2},
-    "synthesis": {"unet": 2, "decode": 1},
+# The 2D job asks for 16-mixed, which Lightning runs as bf16-mixed on a CPU.
+JOBS = {
+    "2d": ["model=small", *TINY, *SIZE_2D, "precision=16-mixed"],
+    "3d": ["model=small", *TINY, *SIZE_3D],
 }
-WINDOWS = 2
+PRECISION_RAN = {"2d": "bf16-mixed", "3d": "32-true"}
+# What TINY asks for: 1 warm-up + 3 measured iterations per unit (no decode warm-up), 3 windows.
+MEASURED = {
+    "autoencoder": {"step": 3},
+    "diffusion": {"step": 3},
+    "synthesis": {"unet": 3, "decode": 3},
+}
+WINDOWS = 3
 
 
 def output(proc: subprocess.CompletedProcess[str]) -> str:
@@ -74,6 +83,25 @@ def test_record_has_the_schema_keys(job: Job) -> None:
     for name, phase in record["phases"].items():
         assert {"measured", "target", "projected", "co2e_kg"} <= set(phase), name
         assert {"iterations", "seconds", "energy_j", "method"} <= set(phase["measured"]), name
+        assert phase["verdict"]["status"] in ("stable", "noisy"), name
+        assert isinstance(phase["verdict"]["reasons"], list), name
+        # CPU only: one CodeCarbon meter for CPU and RAM, no GPU expected.
+        assert phase["coverage"] == {
+            "cpu": {"metered": 1, "expected": 1},
+            "ram": {"metered": 1, "expected": 1},
+            "complete": True,
+        }, name
+    assert record["hardware"]["tracking_mode"] == "machine"
+    assert "fallback" in record["carbon"] and record["carbon"]["fallback"] is None
+
+
+def test_record_lists_the_assumptions_its_numbers_rest_on(job: Job) -> None:
+    assumptions = job.record["assumptions"]
+    assert len(assumptions) == len(set(assumptions))
+    # Meters first, then pricing, then the scale: in that order.
+    meter = next(i for i, a in enumerate(assumptions) if a.startswith("RAM power"))
+    pricing = next(i for i, a in enumerate(assumptions) if a.startswith("equivalents: "))
+    assert meter < pricing < assumptions.index(CPU_SCALE) == len(assumptions) - 1
 
 
 def test_record_describes_the_job(job: Job) -> None:
@@ -81,7 +109,13 @@ def test_record_describes_the_job(job: Job) -> None:
     size = [16] * int(dims[0])
     axes = record["axes"]
     assert (axes["model"], axes["dims"], axes["gpus"]) == ("small", dims, "cpu")
-    assert (axes["sampler"], axes["steps"], axes["precision"]) == ("ddpm", 1000, "32-true")
+    assert (axes["sampler"], axes["steps"]) == ("ddpm", 1000)
+    assert axes["precision"] == PRECISION_RAN[dims]  # what ran, not what was asked
+    if dims == "2d":
+        assert record["job"]["precision_requested"] == "16-mixed"
+        assert job.proc.stdout.count("precision: 16-mixed asked, Lightning runs bf16-mixed") == 1
+    else:
+        assert "precision_requested" not in record["job"]
     assert axes["image_size"] == size
     assert record["spec"]["latent_size"] == [s // 4 for s in size]
     spec = resolve_spec(compose_cfg(*JOBS[dims]), "cpu")
@@ -115,7 +149,7 @@ def test_projection_is_warmup_plus_per_iteration_cost_times_the_rest(job: Job) -
         assert target == 150_000
         rest = target - warm["iterations"]
         assert phases[name]["projected"]["seconds"] == pytest.approx(
-            warm["seconds"] + step["mean"] * rest
+            warm["seconds"] + step["value"] * rest  # the robust centre, not the plain mean
         )
         low, high = phases[name]["projected"]["seconds_ci95"]
         assert low == pytest.approx(warm["seconds"] + step["ci95"][0] * rest)
@@ -129,7 +163,7 @@ def test_projection_is_warmup_plus_per_iteration_cost_times_the_rest(job: Job) -
     expected = 0.0
     for unit, n in {"unet": target["chains"] * target["steps"], "decode": target["chains"]}.items():
         w = warm.get(unit, {"iterations": 0, "seconds": 0.0})
-        expected += w["seconds"] + units[unit]["seconds_per_iteration"]["mean"] * (
+        expected += w["seconds"] + units[unit]["seconds_per_iteration"]["value"] * (
             n - w["iterations"]
         )
     assert synthesis["projected"]["seconds"] == pytest.approx(expected)
@@ -142,7 +176,7 @@ def test_job_writes_samples_config_and_log(job: Job) -> None:
         assert min(image.size) >= 16
     assert record["samples"]["path"] == "samples.png"
     assert record["samples"]["count"] == record["axes"]["batch_size"]["synthesis"]
-    assert record["samples"]["denoising_steps"] == 1 + 2  # warm-up + measured UNet evaluations
+    assert record["samples"]["denoising_steps"] == 1 + 3  # warm-up + measured UNet evaluations
     assert record["samples"]["complete"] is False
     assert (out / ".hydra" / "config.yaml").is_file()
     log = (out / "lpm.log").read_text()
@@ -172,7 +206,8 @@ def test_sweep_runs_every_job_and_a_rerun_skips_them(tmp_path: Path) -> None:
 
     again = lpm_run(*args, out=sweep, multirun=True)
     assert again.returncode == 0, output(again)[-3000:]
-    assert again.stdout.count("skipped") == 4
+    assert again.stdout.count(": skipped") == 4
+    assert "sweep" in again.stdout and ": 4 skipped" in again.stdout
     assert "params:" not in again.stdout  # nothing was built, let alone trained
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths} == before
 
@@ -243,12 +278,12 @@ def test_full_mode_keeps_the_configured_window_count(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = lpm_run(
         "model=small", *TINY, *SIZE_2D, "measure.full=true", "target.autoencoder_iterations=7",
-        "target.diffusion_iterations=7", "target.samples=8", "batch.synthesis=4", "sampler=ddim",
+        "target.diffusion_iterations=7", "target.samples=12", "batch.synthesis=4", "sampler=ddim",
         "sampler.steps=3", out=out,
     )  # fmt: skip
     assert proc.returncode == 0, output(proc)[-3000:]
     record = read_record(out)
-    assert record["phases"]["synthesis"]["target"]["chains"] == 2
+    assert record["phases"]["synthesis"]["target"]["chains"] == 3
     assert record["samples"]["complete"] is True
     assert record["samples"]["denoising_steps"] == 3
     units = {
@@ -256,11 +291,12 @@ def test_full_mode_keeps_the_configured_window_count(tmp_path: Path) -> None:
         for phase, p in record["phases"].items()
         for unit, measured in p["measured"]["units"].items()
     }
-    assert units["synthesis", "unet"]["iterations"] == 2 * 3  # every step of every chain
+    assert units["synthesis", "unet"]["iterations"] == 3 * 3  # every step of every chain
     assert units["diffusion", "step"]["iterations"] == 7
-    assert units["synthesis", "decode"]["iterations"] == 2
+    assert units["synthesis", "decode"]["iterations"] == 3
+    # A window never spans two chains (a decode lies between): 3-step chains, windows of 3.
     for key, measured in units.items():
-        assert measured["windows"] <= WINDOWS, (key, measured["windows"], measured["iterations"])
+        assert measured["windows"] == WINDOWS, (key, measured["windows"], measured["iterations"])
 
 
 # --- bad input -------------------------------------------------------------------------------
@@ -302,13 +338,17 @@ def test_bad_input_exits_with_a_clear_message(
     assert not (out / "record.json").exists() or read_record(out)["status"] != "ok"
 
 
-def test_sigterm_mid_job_keeps_what_was_measured(tmp_path: Path) -> None:
-    """Slurm's time limit sends SIGTERM: the record says interrupted and keeps finished phases."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_mid_job_keeps_what_was_measured(signum: signal.Signals, tmp_path: Path) -> None:
+    """Slurm's time limit sends SIGTERM, Ctrl-C SIGINT: the record says interrupted by which, and
+    keeps finished phases."""
     out = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline"}
-    slow_diffusion = [o for o in TINY if not o.startswith("measure.diffusion.iterations")]
+    slow_diffusion = [o for o in TINY if not o.startswith(("measure.diffusion.it", "measure.wi"))]
     command = [sys.executable, "-m", "lpm.run", "model=small", *slow_diffusion, *SIZE_2D]
-    command += ["measure.diffusion.iterations=100000", f"hydra.run.dir={out}"]
+    # Windows of one step: the diffusion phase has closed several when the signal comes.
+    command += ["measure.diffusion.iterations=100000", "measure.windows=100000"]
+    command += [f"hydra.run.dir={out}"]
     proc = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -316,12 +356,13 @@ def test_sigterm_mid_job_keeps_what_was_measured(tmp_path: Path) -> None:
     while not (out / "record.json").exists() and time.time() < deadline:
         time.sleep(0.2)  # the record first appears once the autoencoder phase is done
     time.sleep(3.0)  # well into the diffusion phase's 100,000 steps
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     proc.wait(timeout=60)
     assert proc.returncode != 0
     record = read_record(out)
-    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
-    assert record["phases"]["autoencoder"]["measured"]["iterations"] == 2
+    assert record["status"] == "interrupted"
+    assert record["error"] == f"interrupted by {signum.name}"
+    assert record["phases"]["autoencoder"]["measured"]["iterations"] == 3
     assert record["phases"]["autoencoder"]["projected"]["energy_kwh"] > 0
     # The diffusion phase was cut short: what it measured is kept, nothing is projected from it.
     diffusion = record["phases"]["diffusion"]
@@ -346,3 +387,129 @@ def test_ddp_job_inside_a_sweep_relaunches_only_itself(tmp_path: Path) -> None:
         record["phases"]["synthesis"]["target"]["batch"]
         == 2 * record["axes"]["batch_size"]["synthesis"]
     )
+
+
+# --- resuming: skip only this job's ok record ------------------------------------------------
+
+
+def write_record(path: Path, status: str, overrides: list[str] | None) -> Path:
+    job = {} if overrides is None else {"overrides": overrides}
+    path.write_text(json.dumps({"status": status, "job": job}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("status", "theirs", "action"),
+    [
+        ("ok", ["model=small", "dims=2d"], "skip"),
+        ("ok", ["dims=2d", "model=small"], "skip"),  # order on the command line: same job
+        ("failed", ["model=small", "dims=2d"], "run"),
+        ("interrupted", ["model=small", "dims=2d"], "run"),
+        ("running", ["model=small", "dims=2d"], "run"),
+    ],
+)
+def test_resume_reruns_this_jobs_record_unless_ok(
+    status: str, theirs: list[str], action: str, tmp_path: Path
+) -> None:
+    path = write_record(tmp_path / "record.json", status, theirs)
+    assert resume_action(path, ["model=small", "dims=2d"]) == action
+
+
+@pytest.mark.parametrize("status", ["ok", "failed"])
+@pytest.mark.parametrize("theirs", [["model=base", "dims=2d"], ["model=small"], [], None], ids=repr)
+def test_resume_refuses_another_jobs_record(
+    status: str, theirs: list[str] | None, tmp_path: Path
+) -> None:
+    path = write_record(tmp_path / "record.json", status, theirs)
+    with pytest.raises(JobDirTakenError) as info:
+        resume_action(path, ["model=small", "dims=2d"])
+    message = str(info.value)
+    assert str(tmp_path) in message and "[model=small dims=2d]" in message
+    assert f"[{' '.join(theirs)}]" in message if theirs is not None else "no overrides" in message
+
+
+@pytest.mark.parametrize("content", [None, "", "{not json", "[1, 2]"], ids=repr)
+def test_resume_runs_where_no_readable_record_is(content: str | None, tmp_path: Path) -> None:
+    path = tmp_path / "record.json"
+    if content is not None:
+        path.write_text(content)
+    assert resume_action(path, ["model=small"]) == "run"
+
+
+def test_rerun_in_a_run_dir_skips_the_same_job_and_refuses_another(
+    job: Job, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(job.out, out)
+    before = (out / "record.json").read_bytes()
+
+    again = lpm_run(*JOBS[job.dims], out=out, timeout=60)
+    assert again.returncode == 0, output(again)[-3000:]
+    assert f"already ok in {out}: skipped" in again.stdout
+    assert "params:" not in again.stdout
+
+    other = [*JOBS[job.dims], "seed=1"]
+    refused = lpm_run(*other, out=out, timeout=60)
+    assert refused.returncode == 2
+    assert "Traceback" not in output(refused)
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith(f"lpm: {out} holds the record of another job")
+    assert f"[{' '.join(JOBS[job.dims])}]" in line and f"[{' '.join(other)}]" in line
+    assert (out / "record.json").read_bytes() == before
+
+
+def test_sweep_jobs_whose_dirs_collide_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    """Two jobs in one directory: the second is refused, named, and counted as failed."""
+    sweep = tmp_path / "sweep"
+    args = [*TINY, *SIZE_2D, "model=small,base", "hydra.sweep.subdir=same"]
+    proc = lpm_run(*args, out=sweep, multirun=True)
+    assert proc.returncode != 0
+    assert "Traceback" not in output(proc)
+    assert proc.stdout.count("params:") == 1  # the second job never started
+    assert re.search(r"sweep .*: 1 ok, 1 failed", proc.stdout), proc.stdout[-2000:]
+    assert f"{sweep / 'same'} holds the record of another job" in proc.stdout
+    found = records(sweep)
+    assert list(found) == ["same"]
+    assert found["same"]["status"] == "ok"
+    assert "model=small" in found["same"]["job"]["overrides"]
+
+
+# --- bad input is refused before torch loads -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["sampler.steps=1001"], "sampler.steps=1001: must be <= 1000"),
+        (["gpus=1gpu"], "gpus=1gpu: asks for CUDA GPUs"),
+        (["seed=-1"], "seed=-1: must be an integer >= 0"),
+        (["precision=8"], "precision=8: must be one of Lightning's: 32-true"),
+        (["measure.force_cpu_power_w=0"], "measure.force_cpu_power_w=0.0: must be > 0 watts"),
+        (["measure.force_ram_power_w=-1"], "measure.force_ram_power_w=-1.0: must be > 0 watts"),
+        (["measure.tracking_mode=proc"], "measure.tracking_mode=proc: must be one of machine"),
+        (["carbon.when=last-march"], "carbon.when=last-march: must be a year (2024)"),
+        (["carbon.fallback=monthly"], "carbon.fallback=monthly: must be one of null, annual"),
+        (["+foo=1"], "foo=1: not an lpm config key"),
+        (["+sampler.kwargs.foo=1"], "sampler.kwargs.foo=1: not an argument of DDPMScheduler"),
+        (["measure.windows=2"], "measure.windows=2: must be an integer >= 3"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_config_errors_exit_2_with_one_line_before_torch_loads(
+    overrides: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # every import, on stderr
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # gpus=1gpu: no GPU, even on a GPU host
+    out = tmp_path / "run"
+    proc = lpm_run(*TINY, *overrides, out=out, timeout=60)
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "lpm.config" in imported
+    assert not imported & {"torch", "lightning", "diffusers", "monai"}
+    (line,) = [x for x in proc.stderr.splitlines() if not x.startswith("import time:")]
+    assert line.startswith(f"lpm: config error: {expected}"), line
+    assert proc.returncode == 2
+    assert not (out / "record.json").exists()

@@ -129,7 +129,8 @@ def outlier_windows(rates: Sequence[float], rules: NoiseRules = RULES) -> tuple[
     return out if len(rates) - len(out) >= math.ceil(len(rates) / 2) else ()
 
 
-def _t975(dof: int) -> float:
+def t975(dof: int) -> float:
+    """Two-sided 95% Student-t quantile for `dof` >= 1 degrees of freedom."""
     return _T975[dof - 1] if dof <= len(_T975) else 1.96
 
 
@@ -207,7 +208,7 @@ def robust_rate(
         return RobustEstimate(value, value, value, mean, tuple(sorted(drop)), method)
     sd = math.sqrt(sum((r - value) ** 2 for r in rates) / (k - 1))
     rho = window_autocorrelation(rates, rules)
-    half = _t975(k - 1) * sd / math.sqrt(k) * math.sqrt((1 + rho) / (1 - rho))
+    half = t975(k - 1) * sd / math.sqrt(k) * math.sqrt((1 + rho) / (1 - rho))
     method = (
         f"ratio over {k} of {len(amounts)} windows{excluded}; t-interval widened for "
         f"window autocorrelation {rho:.2f}"

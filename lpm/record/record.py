@@ -111,6 +111,8 @@ class Record:
     carbon: dict[str, Any] | None = None
     totals: dict[str, Any] = field(default_factory=dict)
     job: dict[str, Any] = field(default_factory=dict)
+    # Every assumption a number rests on, one short line each: meters, pricing, scale.
+    assumptions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,4 +1,7 @@
-"""Build a sweep's report directory: results.csv, figures (PNG, SVG), report.md, report.html."""
+"""Build a sweep's report directory: results.csv, figures (PNG, SVG), report.md, report.html.
+
+Before anything is stated the report runs its checks (`lpm.report.checks`): every flag becomes a
+warning, in the report and on the console."""
 
 from __future__ import annotations
 
@@ -8,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from lpm.record.sinks import flatten
+from lpm.report.checks import Check, run_checks
 from lpm.report.document import document, headlines, markdown, to_html
 from lpm.report.figures import Figure, figures
 from lpm.report.plot import draw
-from lpm.report.study import build_study
-from lpm.report.sweep import Sweep, load_sweep
+from lpm.report.study import Study, build_study
+from lpm.report.sweep import PHASES, Job, load_sweep
 
 
 @dataclass
@@ -20,15 +24,28 @@ class Report:
     out: Path
     files: list[Path]
     headlines: list[str]
-    warnings: list[str]  # what a reader must know: unusable records, skipped comparisons
+    warnings: list[str]  # what a reader must know: unusable records, skipped comparisons, flags
     compared: int  # jobs that finished ok
+    checks: list[Check]
 
 
-def write_results(sweep: Sweep, path: Path) -> Path:
-    """One row per job: the job dir, how the report took it, then every record field, flat."""
+def _judged(job: Job, pools: dict[str, str]) -> dict[str, Any]:
+    """How the report took an ok job's phases: verdict (stable, noisy, unknown), coverage
+    (complete, or what was missing: then left out of comparisons) and the pool it is part of."""
+    out: dict[str, Any] = {f"verdict.{p}": job.verdict(p).status for p in PHASES}
+    out |= {f"coverage.{p}": f"incomplete: {job.gap(p)}" if job.gap(p) else "ok" for p in PHASES}
+    return out | {"pooled_as": pools.get(job.name, "")}
+
+
+def write_results(study: Study, path: Path) -> Path:
+    """One row per job: the job dir, how the report took it (status, per phase its verdict and
+    coverage, its pool of repeats), then every record field, flat."""
+    pools = {r.name: j.name for j in study.jobs for r in j.runs}
     rows: list[dict[str, Any]] = []
-    for job in sweep.jobs:
+    for job in study.sweep.jobs:
         row = {"job": job.name, "report_status": job.status}
+        if job.ok:
+            row |= _judged(job, pools)
         rows.append(row | (flatten(job.record) if job.record else {"error": job.error}))
     columns = list(dict.fromkeys(key for row in rows for key in row)) or ["job", "report_status"]
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -43,18 +60,25 @@ def build_report(
     out: str | Path | None = None,
     zones: list[str] | None = None,
     csv_series: str | Path | None = None,
+    fallback: str | None = None,
+    *,
+    include_noisy: bool = False,
 ) -> Report:
     """Read every record under `sweep_dir` and write the report to `out` (default: <sweep>/report).
 
+    Headlines leave out phases whose verdict is noisy unless `include_noisy` (then they say so).
+
     Raises:
         UnknownZone: a zone in `zones` that the intensity source does not know.
-        ValueError: an unreadable `csv_series`.
+        SeriesError: an unreadable `csv_series`.
     """
     sweep = load_sweep(sweep_dir)
-    study = build_study(sweep, zones, Path(csv_series) if csv_series else None)
+    study = build_study(sweep, zones, Path(csv_series) if csv_series else None, fallback)
+    study.include_noisy = include_noisy
+    study.checks = run_checks(study)
     out = Path(out) if out else sweep.root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    files = [write_results(sweep, out / "results.csv")]
+    files = [write_results(study, out / "results.csv")]
     shown = figures(study)
     for figure in shown:
         if isinstance(figure, Figure):
@@ -64,4 +88,7 @@ def build_report(
     for name, text in (("report.md", markdown(blocks)), ("report.html", to_html(blocks, out))):
         (out / name).write_text(text, encoding="utf-8")
         files.append(out / name)
-    return Report(out, files, lines, sweep.warnings + study.notes, len(study.jobs))
+    flags = [f"{c.name}: {flag}" for c in study.checks for flag in c.flags]
+    return Report(
+        out, files, lines, sweep.warnings + study.notes + flags, len(sweep.ok), study.checks
+    )

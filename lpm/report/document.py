@@ -1,4 +1,5 @@
-"""The report's text: headlines, tables, and one list of blocks rendered as Markdown and HTML."""
+"""The report's text: headlines, tables, checks, and one list of blocks rendered as Markdown and
+HTML."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from lpm.energy.window import Estimate
 from lpm.report.figures import Figure, Omission, describe, speedups
 from lpm.report.study import Study, fmt, methods, pricing
-from lpm.report.sweep import TRAINING, Estimate, Job, pick, values
+from lpm.report.sweep import PHASES, SPREAD_FLAG, TRAINING, Job, matched, pick, sort_key, values
 
 # A report is a list of blocks: ("h1" | "h2" | "p", text), ("ul", [text]),
 # ("table", (header, rows)), ("figure", Figure | Omission).
 Block = tuple[str, Any]
+SYNTHESIS = ("synthesis",)
 
 
 def _setup(job: Job) -> str:
     a = job.axes
-    return f"model {a['model']}, {a['sampler']} {a['steps']} steps, {a['precision']}, {a['gpus']}"
+    setup = f"model {a['model']}, {a['sampler']} {a['steps']} steps, {a['precision']}, {a['gpus']}"
+    if job.runs:
+        setup += f", mean of {len(job.runs)} repeats (seeds {', '.join(map(str, job.seeds))})"
+    return setup
 
 
 def _context(job: Job) -> str:
@@ -27,8 +33,20 @@ def _context(job: Job) -> str:
     return f"[{_setup(job)}; energy {methods(job)}; priced at {pricing(job.record)}]"
 
 
-def _kg(e: Estimate) -> str:
-    return f"≈ {fmt(e.mean)} kg CO2e (projected; 95% CI {fmt(e.low)}–{fmt(e.high)})"
+def _caveat(*parts: tuple[Job, tuple[str, ...]]) -> str:
+    """' Rests on noisy numbers: …' for the noisy phases among `parts` (only with
+    --include-noisy: otherwise a headline never uses them)."""
+    noisy = []
+    for job, phases in parts:
+        if found := job.noisy(phases):
+            why = job.verdict(found[0]).reasons or ("no reason recorded",)
+            noisy.append(f"{job.name} {', '.join(found)} ({why[0]})")
+    return f" Rests on noisy numbers: {'; '.join(dict.fromkeys(noisy))}." if noisy else ""
+
+
+def _kg(e: Estimate, job: Job) -> str:
+    between = " between runs" if job.runs else ""
+    return f"≈ {fmt(e.value)} kg CO2e (projected; 95% CI{between} {fmt(e.low)}–{fmt(e.high)})"
 
 
 def _iterations(job: Job) -> str:
@@ -39,49 +57,67 @@ def _iterations(job: Job) -> str:
 
 
 def _dims_lines(study: Study) -> list[str]:
-    """Training and synthesis per image dimensionality, as the study's car-km headlines."""
+    """Training and synthesis per image dimensionality, as the study's car-km headlines; each
+    from the job nearest the baseline whose phases may carry a headline."""
     out = []
     car, budget = study.factor("car_g_per_km"), study.factor("budget_kg_per_year")
-    for (dims,), job in pick(study.jobs, study.base, ("dims",)).items():
-        d, context = str(dims).upper(), _context(job)
-        train, synth = job.co2e(TRAINING), job.co2e(("synthesis",))
-        samples = job.record["phases"]["synthesis"]["target"]["samples"]
-        out += [
-            f"Training a {d} LDM ({_iterations(job)}) emits {_kg(train)}, like driving "
-            f"{fmt(train.mean * 1000 / car)} km. {context}",
-            f"Synthesizing {samples:,} {d} samples emits {_kg(synth)}, like driving "
-            f"{fmt(synth.mean * 1000 / car)} km ({fmt(100 * synth.mean / budget, 2)}% of one "
-            f"person's annual 1.5 °C budget). {context}",
-            f"In {d}, synthesis emits {fmt(synth.mean / train.mean, 2)}× the CO2e of training "
-            "(projected).",
-        ]
+    base = study.base
+    trained = pick(study.usable(TRAINING, headline=True), base, ("dims",))
+    sampled = pick(study.usable(SYNTHESIS, headline=True), base, ("dims",))
+    both = pick(study.usable(PHASES, headline=True), base, ("dims",))
+    for (dims,) in sorted({*trained, *sampled}, key=lambda k: sort_key("dims", k[0])):
+        d = str(dims).upper()
+        if job := trained.get((dims,)):
+            train = job.co2e(TRAINING)
+            out.append(
+                f"Training a {d} LDM ({_iterations(job)}) emits {_kg(train, job)}, like driving "
+                f"{fmt(train.value * 1000 / car)} km.{_caveat((job, TRAINING))} {_context(job)}"
+            )
+        if job := sampled.get((dims,)):
+            synth = job.co2e(SYNTHESIS)
+            samples = job.record["phases"]["synthesis"]["target"]["samples"]
+            out.append(
+                f"Synthesizing {samples:,} {d} samples emits {_kg(synth, job)}, like driving "
+                f"{fmt(synth.value * 1000 / car)} km ({fmt(100 * synth.value / budget, 2)}% of "
+                f"one person's annual 1.5 °C budget).{_caveat((job, SYNTHESIS))} {_context(job)}"
+            )
+        if job := both.get((dims,)):
+            ratio = job.co2e(SYNTHESIS).value / job.co2e(TRAINING).value
+            out.append(
+                f"In {d}, synthesis emits {fmt(ratio, 2)}× the CO2e of training (projected)."
+                f"{_caveat((job, PHASES))} [{_setup(job)}]"
+            )
     return out
 
 
 def _size_line(study: Study) -> list[str]:
     if "model" not in study.varied:
         return []
-    sizes = list(pick(study.jobs, study.base, ("model",), {"dims": study.base["dims"]}).items())
+    jobs = study.usable(PHASES, headline=True)
+    sizes = list(matched(jobs, study.base, ("model",), {"dims": study.base["dims"]}).items())
+    if len(sizes) < 2:
+        return []
     ((small,), first), ((large,), last) = sizes[0], sizes[-1]
     return [
         f"A {large} {str(study.base['dims']).upper()} model emits "
-        f"{fmt(last.co2e().mean / first.co2e().mean, 2)}× the CO2e of a {small} one "
-        f"({fmt(last.co2e().mean)} vs {fmt(first.co2e().mean)} kg, all phases, projected). "
-        f"{_context(last)}"
+        f"{fmt(last.co2e().value / first.co2e().value, 2)}× the CO2e of a {small} one "
+        f"({fmt(last.co2e().value)} vs {fmt(first.co2e().value)} kg, all phases, projected)."
+        f"{_caveat((last, PHASES), (first, PHASES))} {_context(last)}"
     ]
 
 
 def _site_lines(study: Study) -> list[str]:
     out = []
-    where = study.location()
+    job = next(iter(pick(study.usable(PHASES, headline=True), study.base).values()), None)
+    where = study.location(job) if job else None
     if where:
-        (low, low_kg, high, high_kg), job = where, study.reference
+        low, low_kg, high, high_kg = where
         out.append(
             f"Location changes emissions up to {fmt(high_kg / low_kg, 2)}×: {describe(job)} "
             f"emits {fmt(low_kg)} kg CO2e in {low.zone} ({fmt(low.g_per_kwh)} g/kWh, "
             f"{low.period}) and {fmt(high_kg)} kg in {high.zone} ({fmt(high.g_per_kwh)} g/kWh, "
-            f"{high.period}) (projected, re-priced, PUE {job.record['carbon']['pue']:g}). "
-            f"[{_setup(job)}; energy {methods(job)}]"
+            f"{high.period}) (projected, re-priced, PUE {job.record['carbon']['pue']:g})."
+            f"{_caveat((job, PHASES))} [{_setup(job)}; energy {methods(job)}]"
         )
     seasons = study.seasons()
     if seasons:
@@ -95,36 +131,72 @@ def _site_lines(study: Study) -> list[str]:
 
 
 def _speedup_lines(study: Study) -> list[str]:
-    """Per technique, the setting that saves the most CO2e against the baseline."""
+    """Per technique, the setting that saves the most CO2e against the baseline; never a
+    comparison a consistency check contradicts."""
     out = []
-    for label, phases, base_job, settings in speedups(study):
-        what = "synthesis" if phases == ("synthesis",) else "total"
+    for label, phases, base_job, settings in speedups(study, headline=True):
+        what = "synthesis" if phases == SYNTHESIS else "total"
         base_name = next(s for s, j in settings.items() if j is base_job)
-        others = {s: j for s, j in settings.items() if j is not base_job}
+        others = {
+            s: j
+            for s, j in settings.items()
+            if j is not base_job and not study.contradicted(j, base_job)
+        }
         if not others:
             continue
-        best = min(others, key=lambda s: others[s].co2e(phases).mean)
-        job, ref = others[best], base_job.co2e(phases).mean
-        kg, hours = job.co2e(phases).mean, job.hours(phases).mean
+        best = min(others, key=lambda s: others[s].co2e(phases).value)
+        job, ref = others[best], base_job.co2e(phases).value
+        kg, hours = job.co2e(phases).value, job.hours(phases).value
         out.append(
             f"{label[0].upper()}{label[1:]}: {best} instead of {base_name}: "
             f"{fmt(kg / ref, 2)}× the {what} CO2e ({fmt(kg)} vs {fmt(ref)} kg, projected), "
-            f"{fmt(hours / base_job.hours(phases).mean, 2)}× the time. {_context(job)}"
+            f"{fmt(hours / base_job.hours(phases).value, 2)}× the time."
+            f"{_caveat((job, phases), (base_job, phases))} {_context(job)}"
         )
     return out
 
 
 def headlines(study: Study) -> list[str]:
-    """The study's sentences, from this sweep's numbers."""
+    """The study's sentences, from this sweep's numbers: none from a phase with incomplete meter
+    coverage, none from a noisy phase unless `study.include_noisy`, none a check contradicts."""
     return _dims_lines(study) + _size_line(study) + _site_lines(study) + _speedup_lines(study)
 
 
 # --- tables ---------------------------------------------------------------------------------------
 
 
+def _ci(e: Estimate) -> str:
+    """'1.2 (1.1–1.3)'."""
+    return f"{fmt(e.value)} ({fmt(e.low)}–{fmt(e.high)})"
+
+
+def _cell(job: Job, phases: tuple[str, ...], text: str) -> str:
+    """`text` for `phases` of `job`, or 'incomplete'; marked '(noisy)' when a phase is noisy."""
+    if any(job.gap(p) for p in phases):
+        return "incomplete"
+    return text + (" (noisy)" if job.noisy(phases) else "")
+
+
+def _verdicts(job: Job) -> str:
+    """'stable', or per status the phases: 'noisy: diffusion; incomplete: synthesis'."""
+    by: dict[str, list[str]] = {}
+    for phase in PHASES:
+        status = "incomplete" if job.gap(phase) else job.verdict(phase).status
+        by.setdefault(status, []).append(phase)
+    if list(by) == ["stable"]:
+        return "stable"
+    if list(by) == ["unknown"]:
+        return "unknown (no verdict recorded)"
+    return "; ".join(f"{s}: {', '.join(ps)}" for s, ps in by.items() if s != "stable")
+
+
+def _runs(job: Job) -> str:
+    return f"{len(job.runs)} (seeds {', '.join(map(str, job.seeds))})" if job.runs else "1"
+
+
 def _jobs_table(study: Study) -> tuple[list[str], list[list[str]]]:
-    header = ["job", "model", "dims", "sampler", "steps", "precision", "GPUs", "site"]
-    header += ["training kg", "synthesis kg", "total kg (95% CI)", "car km", "hours"]
+    header = ["job", "model", "dims", "sampler", "steps", "precision", "GPUs", "site", "runs"]
+    header += ["training kg", "synthesis kg", "total kg (95% CI)", "car km", "hours", "verdict"]
     car = study.factor("car_g_per_km")
     rows = []
     for job in study.jobs:
@@ -133,13 +205,45 @@ def _jobs_table(study: Study) -> tuple[list[str], list[list[str]]]:
             [
                 job.name,
                 *(str(v) for v in job.axes.values()),
-                fmt(job.co2e(TRAINING).mean),
-                fmt(job.co2e(("synthesis",)).mean),
-                f"{fmt(total.mean)} ({fmt(total.low)}–{fmt(total.high)})",
-                fmt(total.mean * 1000 / car),
-                fmt(job.hours().mean),
+                _runs(job),
+                _cell(job, TRAINING, fmt(job.co2e(TRAINING).value)),
+                _cell(job, SYNTHESIS, fmt(job.co2e(SYNTHESIS).value)),
+                _cell(job, PHASES, _ci(total)),
+                _cell(job, PHASES, fmt(total.value * 1000 / car)),
+                _cell(job, PHASES, fmt(job.hours().value)),
+                _verdicts(job),
             ]
         )
+    return header, rows
+
+
+def _repeats_table(study: Study) -> tuple[list[str], list[list[str]]]:
+    """Per pooled job and phase: each run with its within-run interval, the pool's mean with the
+    between-run interval, and how far the within-run intervals understate the spread."""
+    header = ["job", "phase", "each run: kg CO2e (within-run 95% CI)"]
+    header += ["pooled kg CO2e (between-run 95% CI)", "verdict", "spread / within-run"]
+    rows = []
+    for job in (j for j in study.jobs if j.runs):
+        for phase in PHASES:
+            runs = job.pooled((phase,))
+            each = "; ".join(
+                f"{job.label(r)}: {_ci(e)}" for r, e in zip(runs, job.within((phase,)), strict=True)
+            )
+            pooled = f"{_ci(job.co2e((phase,)))}, n={len(runs)}"
+            verdict = job.verdict(phase)
+            ratio = job.understated(phase)
+            spread = "" if ratio is None else f"×{fmt(ratio, 2)}"
+            spread += " (flagged)" if ratio is not None and ratio > SPREAD_FLAG else ""
+            rows.append(
+                [
+                    job.name,
+                    phase,
+                    each,
+                    _cell(job, (phase,), pooled),
+                    verdict.status + (f" ({verdict.reasons[0]})" if verdict.reasons else ""),
+                    spread,
+                ]
+            )
     return header, rows
 
 
@@ -152,8 +256,11 @@ def _whatif_table(study: Study) -> tuple[list[str], list[list[str]]]:
     rows = [
         [
             job.name,
-            f"{fmt(job.co2e().mean)} ({job.axis('site')})",
-            *(fmt(study.priced[job.name][i.zone].co2e().mean) for i in contrast),
+            _cell(job, PHASES, f"{fmt(job.co2e().value)} ({job.axis('site')})"),
+            *(
+                _cell(job, PHASES, fmt(study.priced[job.name][i.zone].co2e().value))
+                for i in contrast
+            ),
         ]
         for job in study.jobs
     ]
@@ -165,7 +272,15 @@ def _zones_table(study: Study) -> tuple[list[str], list[list[str]]]:
     header = ["zone", "g CO2e/kWh", "period", "kind", "basis", "source", f"kg CO2e of {job.name}"]
     at = study.priced[job.name]
     rows = [
-        [i.zone, fmt(i.g_per_kwh), i.period, i.kind, i.basis, i.source, fmt(at[i.zone].co2e().mean)]
+        [
+            i.zone,
+            fmt(i.g_per_kwh),
+            i.period,
+            i.kind,
+            i.basis,
+            i.source,
+            _cell(job, PHASES, fmt(at[i.zone].co2e().value)),
+        ]
         for i in study.zones
     ]
     return header, rows
@@ -180,6 +295,8 @@ def _setup_list(study: Study) -> list[str]:
     ]
     if not jobs:
         return items
+    pools = [j for j in jobs if j.runs]
+    unknown = [j.name for j in jobs if any(j.verdict(p).status == "unknown" for p in PHASES)]
     items += [
         "Varied: "
         + (
@@ -191,7 +308,16 @@ def _setup_list(study: Study) -> list[str]:
         + ", ".join(f"{a}={v}" for a, v in study.base.items())
         + ".",
         "All numbers are PROJECTED to each job's target budget (training iterations, samples) "
-        "from measured windows, not measured totals; 95% intervals from the windows' spread.",
+        "from measured windows, not measured totals; 95% intervals from the windows' spread"
+        + ("; for pooled repeats, between runs." if pools else "."),
+        "Numbers marked (noisy) rest on a phase whose measurement its record calls noisy "
+        "(reasons under Checks): "
+        + (
+            "headlines may use them, and then say so (--include-noisy)."
+            if study.include_noisy
+            else "headlines leave them out (--include-noisy puts them back, saying so)."
+        )
+        + " A phase some meter did not cover is 'incomplete' and left out of every comparison.",
         "Energy methods: " + "; ".join(dict.fromkeys(methods(j) for j in jobs)) + ".",
         "Priced at: " + "; ".join(dict.fromkeys(pricing(j.record) for j in jobs)) + ".",
         "Hardware: "
@@ -209,21 +335,61 @@ def _setup_list(study: Study) -> list[str]:
         + ".",
         *study.notes,
     ]
+    if pools:
+        runs = sum(len(j.runs) for j in pools)
+        items.append(
+            f"Repeats: {len(pools)} jobs pooled from {runs} runs (same job, other seeds): the "
+            "mean over runs with a between-run 95% t-interval stands in every comparison."
+        )
+    if unknown:
+        items.append(
+            f"Verdict unknown for {len(unknown)} of {len(jobs)} jobs (records written before lpm "
+            "recorded verdicts and meter coverage): their numbers are used unmarked, their "
+            "stability and coverage unchecked."
+        )
+    return items
+
+
+def _checks_list(study: Study) -> list[str]:
+    items = []
+    for check in study.checks:
+        items.append(f"{check.name}: {check.summary}.")
+        items += [f"WARNING ({check.name}): {flag}." for flag in check.flags]
     return items
 
 
 def document(study: Study, figures: list[Figure | Omission], lines: list[str]) -> list[Block]:
+    noisy = sorted({p for j in study.jobs for p in j.noisy()}, key=PHASES.index)
+    none = (
+        "No job finished ok: no headline to state."
+        if not study.jobs
+        else "No headline: every comparison rests on noisy or incomplete numbers."
+    )
     blocks: list[Block] = [
         ("h1", f"lpm report: {study.sweep.root.name}"),
         ("ul", _setup_list(study)),
         ("h2", "Headlines"),
-        ("ul", lines or ["No job finished ok: no headline to state."]),
-        ("h2", "Figures"),
-        *(("figure", f) for f in figures),
+        ("ul", lines or [none]),
     ]
+    if noisy and not study.include_noisy:
+        blocks.append(
+            ("p", f"Left out of the headlines: noisy {', '.join(noisy)} numbers (marked in the "
+             "tables and figures; --include-noisy puts them back, saying so).")
+        )  # fmt: skip
+    blocks += [("h2", "Checks"), ("ul", _checks_list(study) or ["No check ran."])]
+    blocks += [("h2", "Figures"), *(("figure", f) for f in figures)]
     if study.jobs:
         blocks += [("h2", "Jobs compared"), ("table", _jobs_table(study))]
-    if study.priced:
+    if any(j.runs for j in study.jobs):
+        blocks += [
+            ("h2", "Repeats"),
+            ("p", "Jobs that differ only in their seed, pooled: each run's projected CO2e with "
+             "its within-run interval, and the mean over runs with the between-run 95% "
+             "t-interval; the last column is the between-run standard deviation over the mean "
+             f"within-run standard error (flagged beyond ×{SPREAD_FLAG:g})."),
+            ("table", _repeats_table(study)),
+        ]  # fmt: skip
+    if study.priced and study.reference is not None:
         blocks += [
             ("h2", "What if it ran elsewhere"),
             ("p", "Total projected kg CO2e of each job re-priced at other zones (same energy, "
@@ -232,13 +398,16 @@ def document(study: Study, figures: list[Figure | Omission], lines: list[str]) -
             ("h2", "Zones"),
             ("table", _zones_table(study)),
         ]  # fmt: skip
-    problems = [j for j in study.sweep.jobs if not j.ok]
+    problems = [[j.name, j.status, j.error or ""] for j in study.sweep.jobs if not j.ok]
+    problems += [
+        [run, f"{phase} incomplete", f"{why}; kept out of comparisons"]
+        for run, phase, why in study.excluded()
+    ]
     blocks.append(("h2", "Jobs not compared"))
     if problems:
-        rows = [[j.name, j.status, j.error or ""] for j in problems]
-        blocks.append(("table", (["job", "status", "error"], rows)))
+        blocks.append(("table", (["job", "status", "error"], problems)))
     else:
-        blocks.append(("p", "None: every job finished ok."))
+        blocks.append(("p", "None: every job finished ok, every phase with all its meters."))
     return blocks
 
 

@@ -22,6 +22,9 @@ PHASE_STYLE = {
     "diffusion": ("#56B4E9", "\\\\", "training: diffusion"),
     "synthesis": ("#D55E00", "", "synthesis"),
 }
+# A phase whose verdict is noisy: faded, with a dashed outline (the legend says so).
+NOISY_STYLE = {"alpha": 0.45, "edgecolor": "black", "lw": 0.8, "ls": "--"}
+PLAIN_STYLE = {"edgecolor": "white", "lw": 0.5}
 GAP = 0.6  # space between groups, in bar widths
 CHAR_IN = 0.065  # width of one tick-label character at 8 pt, inches
 TITLE_CHAR_IN = 0.1  # the same for the 11 pt bold title
@@ -89,9 +92,8 @@ def _bars(ax: Any, placed: list[tuple[float, Bar]]) -> None:
         bottom = 0.0
         for phase, value in bar.segments:
             color, hatch, _ = PHASE_STYLE[phase]
-            ax.bar(
-                x, value, 0.8, bottom=bottom, color=color, hatch=hatch, edgecolor="white", lw=0.5
-            )
+            style = NOISY_STYLE if phase in bar.noisy else PLAIN_STYLE
+            ax.bar(x, value, 0.8, bottom=bottom, color=color, hatch=hatch, **style)
             bottom += value
         top = bottom
         if bar.ci:
@@ -232,9 +234,10 @@ def _legend(fig: Any, panels: Sequence[Panel | Heatmap]) -> None:
         for p in phases
     ]
     if any(b.ci for b in bars):
-        handles.append(
-            Line2D([], [], color="black", marker="_", markersize=8, lw=1, label="95% interval")
-        )
+        label = "95% interval" + (" (n>1: between runs)" if any(b.runs > 1 for b in bars) else "")
+        handles.append(Line2D([], [], color="black", marker="_", markersize=8, lw=1, label=label))
+    if any(b.noisy for b in bars):
+        handles.append(Patch(facecolor="0.6", **NOISY_STYLE, label="noisy verdict"))
     ncol = max(1, min(len(handles), int(fig.get_figwidth() / LEGEND_ENTRY_IN)))
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False, fontsize=8)
 

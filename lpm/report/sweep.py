@@ -1,19 +1,24 @@
-"""A sweep directory's records as jobs: which ones the report can compare, and why the rest not.
+"""A sweep directory's records as jobs: which ones the report can compare, and why the rest not;
+each job's verdict and meter coverage per phase, and repeats (other seeds) pooled into one job.
 
-Only the standard library and `lpm.record`: the report must start without torch.
+Only the standard library, `lpm.record` and `lpm.energy.window`: the report must start without
+torch.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from lpm.record.record import SCHEMA, STATUSES
+from lpm.energy.window import Estimate, Verdict, t975
+from lpm.record.load import dig, load_records
+from lpm.record.record import SCHEMA
 
 PHASES = ("autoencoder", "diffusion", "synthesis")  # the record's phases, in run order
 TRAINING = ("autoencoder", "diffusion")
@@ -37,24 +42,6 @@ ORDER = {"model": ("small", "base", "large"), "dims": ("2d", "3d")}
 PREFERRED = {"model": "base", "dims": "3d", "sampler": "ddpm", "precision": "32-true"}
 
 
-class Estimate(NamedTuple):
-    mean: float
-    low: float
-    high: float
-
-    def scaled(self, factor: float) -> Estimate:
-        return Estimate(self.mean * factor, self.low * factor, self.high * factor)
-
-
-def dig(data: Any, dotted: str) -> Any:
-    """`data["a"]["b"]` for "a.b"; None where a level is missing."""
-    for key in dotted.split("."):
-        if not isinstance(data, Mapping) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
 def _gpus(record: Mapping[str, Any]) -> str:
     hw = record.get("hardware") or {}
     n = hw.get("world_size") or (hw.get("devices") or 1) * (hw.get("nodes") or 1)
@@ -63,12 +50,46 @@ def _gpus(record: Mapping[str, Any]) -> str:
     return "CPU" if n == 1 else f"CPU ×{n}"
 
 
-@dataclass
+# A between-run spread this many times the runs' own standard errors is flagged: the within-run
+# intervals then understate how much a rerun moves the number.
+SPREAD_FLAG = 2.0
+COMPONENTS = {"gpu": "GPU", "cpu": "CPU", "ram": "RAM"}
+NO_VERDICT = Verdict("unknown", ("the record has no verdict (written before lpm recorded one)",))
+
+
+def between_runs(values: Sequence[float]) -> Estimate:
+    """Mean of independent runs with its 95% t-interval (low bound floored at 0: costs are
+    positive)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return Estimate(mean, mean, mean)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t975(n - 1) * sd / math.sqrt(n)
+    return Estimate(mean, max(0.0, mean - half), mean + half)
+
+
+def _coverage_gap(coverage: Any) -> str | None:
+    """'GPU meters 1 of 2' for a recorded `coverage` that is not complete; None otherwise."""
+    if not isinstance(coverage, Mapping) or coverage.get("complete") is not False:
+        return None
+    short = [
+        f"{COMPONENTS.get(c, c)} meters {v.get('metered')} of {v.get('expected')}"
+        for c, v in coverage.items()
+        if isinstance(v, Mapping) and (v.get("metered") or 0) < (v.get("expected") or 0)
+    ]
+    return ", ".join(short) or "meter coverage incomplete"
+
+
+@dataclass(eq=False)  # identity: a job is its directory (and hashable, for sets of jobs)
 class Job:
-    name: str  # the job directory, relative to the sweep
-    record: dict[str, Any] | None  # None when there is no readable record
+    """One job dir's record, or a pool of repeats (`runs`: the same job with other seeds)."""
+
+    name: str  # the job directory, relative to the sweep (a pool: its runs' names)
+    record: dict[str, Any] | None  # None when there is no readable record; a pool: its first run's
     status: str  # the record's, or: unreadable, unsupported, incomplete, no record
     error: str | None = None  # one line
+    runs: tuple[Job, ...] = ()  # a pool's repeats (two or more); empty for a single run
 
     @property
     def ok(self) -> bool:
@@ -85,20 +106,122 @@ class Job:
     def axes(self) -> dict[str, Any]:
         return {a: self.axis(a) for a in AXES}
 
+    @property
+    def seed(self) -> int | str:
+        """The `seed=` override the job ran with (0, the config default, when none)."""
+        for item in dig(self.record, "job.overrides") or ():
+            key, _, value = str(item).partition("=")
+            if key.lstrip("+~") == "seed":
+                return int(value) if value.strip().lstrip("-").isdigit() else value
+        return 0
+
+    @property
+    def seeds(self) -> list[int | str]:
+        return sorted((r.seed for r in self.runs or (self,)), key=lambda s: sort_key("seed", s))
+
+    def label(self, run: Job) -> str:
+        """How a pool names one of its runs: 'seed 1', or its directory when seeds repeat."""
+        unique = len({r.seed for r in self.runs}) == len(self.runs)
+        return f"seed {run.seed}" if unique else run.name
+
+    def gap(self, phase: str) -> str | None:
+        """Why `phase` is incomplete ('GPU meters 1 of 2'); None when complete or unrecorded.
+
+        A pool is incomplete only when every run is: incomplete runs are left out of its numbers.
+        """
+        if self.runs:
+            gaps = [r.gap(phase) for r in self.runs]
+            if None in gaps:
+                return None
+            return "; ".join(f"{self.label(r)}: {g}" for r, g in zip(self.runs, gaps, strict=True))
+        return _coverage_gap(dig(self.record, f"phases.{phase}.coverage"))
+
+    def pooled(self, phases: Iterable[str]) -> list[Job]:
+        """The runs behind a pool's numbers for `phases`: those complete in all of them."""
+        phases = tuple(phases)
+        runs = [r for r in self.runs if all(r.gap(p) is None for p in phases)]
+        return runs or list(self.runs)
+
+    def verdict(self, phase: str) -> Verdict:
+        """The record's verdict on `phase`; for a pool, noisy when any pooled run is, saying how
+        many were."""
+        if not self.runs:
+            raw = dig(self.record, f"phases.{phase}.verdict")
+            if isinstance(raw, Mapping) and raw.get("status") in ("stable", "noisy"):
+                return Verdict(raw["status"], tuple(str(r) for r in raw.get("reasons") or ()))
+            return NO_VERDICT
+        runs = self.pooled((phase,))
+        verdicts = {self.label(r): r.verdict(phase) for r in runs}
+        noisy = {label: v for label, v in verdicts.items() if v.status == "noisy"}
+        if noisy:
+            reasons = [f"{len(noisy)} of {len(runs)} repeats noisy"]
+            reasons += [f"{label}: {reason}" for label, v in noisy.items() for reason in v.reasons]
+            return Verdict("noisy", tuple(reasons))
+        unknown = sum(v.status == "unknown" for v in verdicts.values())
+        if unknown:
+            return Verdict("unknown", (f"{unknown} of {len(runs)} repeats have no verdict",))
+        return Verdict("stable")
+
+    def noisy(self, phases: Iterable[str] = PHASES) -> list[str]:
+        return [p for p in phases if self.verdict(p).status == "noisy"]
+
     def co2e(self, phases: Iterable[str] = PHASES) -> Estimate:
-        """Projected kg CO2e of `phases` with the 95% interval (bounds added, as pricing does)."""
-        return self._sum(phases, "co2e_kg.projected", "co2e_kg.projected_ci95")
+        """Projected kg CO2e of `phases` with the 95% interval (bounds added, as pricing does;
+        a pool: the runs' mean with the between-run t-interval)."""
+        return self._estimate(phases, "co2e_kg.projected", "co2e_kg.projected_ci95")
 
     def hours(self, phases: Iterable[str] = PHASES) -> Estimate:
-        return self._sum(phases, "projected.seconds", "projected.seconds_ci95").scaled(1 / 3600)
+        return self._estimate(phases, "projected.seconds", "projected.seconds_ci95").scaled(
+            1 / 3600
+        )
 
-    def _sum(self, phases: Iterable[str], mean: str, ci: str) -> Estimate:
+    def kwh(self, phases: Iterable[str] = PHASES) -> Estimate:
+        """Projected energy of `phases`, kWh, with the 95% interval."""
+        return self._estimate(phases, "projected.energy_kwh", "projected.energy_kwh_ci95")
+
+    def within(self, phases: Iterable[str] = PHASES) -> list[Estimate]:
+        """Each pooled run's own projected kg CO2e with its within-run interval."""
+        phases = tuple(phases)
+        return [r.co2e(phases) for r in self.pooled(phases) or [self]]
+
+    def understated(self, phase: str) -> float | None:
+        """How many times the runs' spread exceeds their within-run intervals: the standard
+        deviation between runs over the mean within-run standard error (95% half-width / 1.96),
+        on projected energy; None for a single run."""
+        runs = self.pooled((phase,)) if self.runs else []
+        if len(runs) < 2:
+            return None
+        energies = [r.kwh((phase,)) for r in runs]
+        mean = sum(e.value for e in energies) / len(energies)
+        sd = math.sqrt(sum((e.value - mean) ** 2 for e in energies) / (len(energies) - 1))
+        se = sum((e.high - e.low) / 2 / 1.96 for e in energies) / len(energies)
+        if se == 0:
+            return math.inf if sd else None
+        return sd / se
+
+    def _estimate(self, phases: Iterable[str], value: str, ci: str) -> Estimate:
+        phases = tuple(phases)
+        if not self.runs:
+            return self._sum(phases, value, ci)
+        runs = self.pooled(phases)
+        if len(runs) == 1:
+            return runs[0]._sum(phases, value, ci)
+        return between_runs([r._sum(phases, value, ci).value for r in runs])
+
+    def _sum(self, phases: Iterable[str], value: str, ci: str) -> Estimate:
         parts = []
         for p in phases:
-            m = dig(self.record, f"phases.{p}.{mean}")
-            low, high = dig(self.record, f"phases.{p}.{ci}") or (m, m)
-            parts.append((m, m if low is None else low, m if high is None else high))
+            v = dig(self.record, f"phases.{p}.{value}")
+            low, high = dig(self.record, f"phases.{p}.{ci}") or (v, v)
+            parts.append((v, v if low is None else low, v if high is None else high))
         return Estimate(*(sum(column) for column in zip(*parts, strict=True)))
+
+    def map_records(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Job:
+        """This job (a pool: each run) with its record replaced by `change(record)`."""
+        if self.runs:
+            runs = tuple(r.map_records(change) for r in self.runs)
+            return Job(self.name, runs[0].record, self.status, self.error, runs)
+        return Job(self.name, change(self.record), self.status, self.error)
 
 
 @dataclass
@@ -112,29 +235,6 @@ class Sweep:
         return [j for j in self.jobs if j.ok]
 
 
-def _check(record: Any) -> tuple[str, str | None]:
-    """The status a record is reported under, and its error line."""
-    if not isinstance(record, dict):
-        return "unreadable", f"not a JSON object but {type(record).__name__}"
-    schema = record.get("schema")
-    if schema != SCHEMA:
-        return "unsupported", f"schema {schema!r}; this report reads {SCHEMA}"
-    status = record.get("status")
-    if status not in STATUSES:
-        return "incomplete", f"unknown status {status!r}"
-    if status == "running":  # the job writes its final status last
-        return status, record.get("error") or "no final status: the job was killed mid-run"
-    if status != "ok":
-        return status, record.get("error") or None
-    missing = [key for key in REQUIRED if dig(record, key) is None]
-    if missing:
-        shown = ", ".join(missing[:4]) + (
-            f" and {len(missing) - 4} more" if len(missing) > 4 else ""
-        )
-        return "incomplete", f"status ok but missing {shown}"
-    return "ok", None
-
-
 def load_sweep(root: str | Path) -> Sweep:
     """Every job under `root`: each `record.json`, and each Hydra job dir that has none."""
     root = Path(root)
@@ -142,17 +242,7 @@ def load_sweep(root: str | Path) -> Sweep:
     def name(job_dir: Path) -> str:
         return job_dir.relative_to(root).as_posix() if job_dir != root else root.name
 
-    jobs = []
-    for path in sorted(root.glob("**/record.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            jobs.append(Job(name(path.parent), None, "unreadable", " ".join(str(exc).split())))
-            continue
-        status, error = _check(record)
-        jobs.append(
-            Job(name(path.parent), record if status != "unreadable" else None, status, error)
-        )
+    jobs = [Job(r.name, r.record, r.status, r.error) for r in load_records(root, REQUIRED)]
     # Hydra writes .hydra/ when a job starts; lpm writes the record after the first phase.
     for hydra_dir in sorted(root.glob("**/.hydra")):
         if not (hydra_dir.parent / "record.json").exists():
@@ -243,6 +333,32 @@ def pick(
     return {k: best[k][1] for k in order}
 
 
+def matched(
+    jobs: list[Job],
+    base: Mapping[str, Any],
+    free: tuple[str, ...],
+    fixed: Mapping[str, Any] | None = None,
+) -> dict[tuple, Job]:
+    """Like `pick`, but every job returned has the same values on all other axes: a ratio
+    between them then changes `free` only. Among the settings of the other axes that hold two
+    or more values of `free`, the one nearest the baseline; {} when there is none."""
+    fixed = fixed or {}
+    others = [a for a in AXES if a not in free]
+    settings: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if all(job.axis(a) == v for a, v in fixed.items()):
+            settings.setdefault(tuple(job.axis(a) for a in others), []).append(job)
+    compared = [
+        s
+        for s, group in settings.items()
+        if len({tuple(j.axis(a) for a in free) for j in group}) > 1
+    ]
+    if not compared:
+        return {}
+    nearest = max(compared, key=lambda s: sum(v == base[a] for a, v in zip(others, s, strict=True)))
+    return pick(settings[nearest], base, free)
+
+
 def off_baseline(picked: Iterable[Job], base: Mapping[str, Any], held: Iterable[str]) -> list[str]:
     """'job: axis=value' for each picked job that differs from the baseline on a held axis."""
     held = list(held)
@@ -251,3 +367,43 @@ def off_baseline(picked: Iterable[Job], base: Mapping[str, Any], held: Iterable[
         for j in picked
         if any(j.axis(a) != base[a] for a in held)
     ]
+
+
+# --- repeats --------------------------------------------------------------------------------------
+
+
+def _repeat_key(job: Job) -> str:
+    """What repeats share: every recorded axis, the site, the GPUs, the overrides but the seed."""
+    axes = {k: v for k, v in (dig(job.record, "axes") or {}).items() if k != "seed"}
+    overrides = sorted(
+        str(o)
+        for o in dig(job.record, "job.overrides") or ()
+        if str(o).partition("=")[0].lstrip("+~") != "seed"
+    )
+    return json.dumps([axes, job.axis("site"), job.axis("gpus"), overrides], sort_keys=True)
+
+
+def _pool_name(runs: Sequence[Job]) -> str:
+    """'model=small,seed=0,1,2' when the dirs differ only in their seed; else the first run's
+    dir and how many repeats it has."""
+    seeds = ",".join(str(r.seed) for r in runs)
+    names = {re.sub(r"seed=[^,/]*", f"seed={seeds}", r.name) for r in runs}
+    if len(names) == 1:
+        return names.pop()
+    return f"{runs[0].name} +{len(runs) - 1} repeat" + ("s" if len(runs) > 2 else "")
+
+
+def pool(jobs: Iterable[Job]) -> list[Job]:
+    """Jobs with repeats (the same job with another seed, or rerun) pooled into one `Job` each,
+    runs ordered by seed; a job without repeats stays itself."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(_repeat_key(job), []).append(job)
+    out = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        runs.sort(key=lambda r: (sort_key("seed", r.seed), r.name))
+        out.append(Job(_pool_name(runs), runs[0].record, "ok", None, tuple(runs)))
+    return out

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 
-from lpm.config import LDMSpec
+from lpm.config import TRAIN_TIMESTEPS, LDMSpec
 
 # The MONAI 2D/3D LDM tutorials train with 1,000 timesteps and scaled-linear betas.
 TRAIN_SCHEDULE = dict(
-    num_train_timesteps=1000,
+    num_train_timesteps=TRAIN_TIMESTEPS,
     beta_schedule="scaled_linear",
     beta_start=0.0015,
     beta_end=0.0195,
