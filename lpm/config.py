@@ -20,6 +20,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 SCALES = ("auto", "paper", "cpu")
+# CodeCarbon's attribution of CPU/RAM: the whole node, or this process tree's share.
+TRACKING_MODES = ("machine", "process")
 PHASES = ("autoencoder", "diffusion", "synthesis")
 # The diffusion UNet is trained on this many noise levels (the MONAI LDM recipes): a sampler can
 # take at most one denoising step per level.
@@ -135,7 +137,16 @@ class PhaseWindow:
 @dataclass
 class SynthesisWindow(PhaseWindow):
     decode_warmup: int = 1
-    decodes: int = 2
+    decodes: int = 5
+
+
+@dataclass
+class NoiseConfig:
+    """When measured windows are trusted (`lpm.energy.window.NoiseRules`)."""
+
+    outlier_mads: float = 3.0
+    max_rel_half_width: float = 0.10
+    max_drift: float = 0.20
 
 
 @dataclass
@@ -148,6 +159,7 @@ class MeasureConfig:
     force_cpu_power_w: float | None = None
     force_ram_power_w: float | None = None
     tracking_mode: str = "machine"
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
 
 
 @dataclass
@@ -317,8 +329,6 @@ def _check_gpus(cfg: DictConfig, cuda: bool | None) -> None:
 
 
 def _check_measure(cfg: DictConfig) -> None:
-    from lpm.energy.meters import TRACKING_MODES  # standard library only until a meter is built
-
     m = cfg.measure
     why = f" ({MIN_WINDOWS} give a robust centre, outlier windows and an interval)"
     _at_least("measure.windows", m.windows, MIN_WINDOWS, why)
@@ -343,6 +353,9 @@ def _check_measure(cfg: DictConfig) -> None:
         if m[key] is not None and m[key] <= 0:
             raise ConfigError(f"measure.{key}", m[key], "must be > 0 watts, or null (measured)")
     _one_of("measure.tracking_mode", m.tracking_mode, TRACKING_MODES)
+    for key in ("outlier_mads", "max_rel_half_width", "max_drift"):
+        if m.noise[key] <= 0:
+            raise ConfigError(f"measure.noise.{key}", m.noise[key], "must be > 0")
 
 
 def _check_carbon(cfg: DictConfig) -> None:

@@ -6,6 +6,7 @@ config has been checked, so that config mistakes fail in a second.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -20,7 +21,7 @@ from omegaconf import DictConfig
 
 from lpm.carbon.projection import project
 from lpm.config import PRECISION_ALIASES, LDMSpec, windows_for
-from lpm.energy.window import PhaseMeasurement
+from lpm.energy.window import RULES, NoiseRules, PhaseMeasurement
 from lpm.record.record import PhaseRecord, Record, coverage, measured_phase, projected_phase
 
 log = logging.getLogger("lpm")
@@ -94,8 +95,11 @@ def synthesis_plan_of(cfg: DictConfig, chains: int, batch: int) -> PhasePlan:
     return PhasePlan("synthesis", warmup, measured, budget, target)
 
 
-def phase_record(plan: PhasePlan, m: PhaseMeasurement | None, finished: bool) -> PhaseRecord | None:
-    """A phase's record part from what it measured; None when it measured nothing at all.
+def phase_record(
+    plan: PhasePlan, m: PhaseMeasurement | None, finished: bool, rules: NoiseRules = RULES
+) -> PhaseRecord | None:
+    """A phase's record part from what it measured, judged by `rules`; None when it measured
+    nothing at all.
 
     A phase cut short keeps what it measured. Only a finished phase that measured every unit
     of its budget is projected (one that ran fewer batches than warm-up + one window has no
@@ -103,6 +107,7 @@ def phase_record(plan: PhasePlan, m: PhaseMeasurement | None, finished: bool) ->
     """
     if m is None:
         return None
+    m = m.judged_by(rules)
     projectable = finished and set(plan.budget) <= set(m.units)
     return PhaseRecord(
         measured=measured_phase(m),
@@ -243,7 +248,9 @@ class JobRun:
             work()
             finished = True
         finally:
-            part = phase_record(plan, callback.measurement, finished)
+            rules = NoiseRules(**self.cfg.measure.noise)
+            self.record.job["noise_rules"] = dataclasses.asdict(rules)
+            part = phase_record(plan, callback.measurement, finished, rules)
             self._file(plan.name, trainer, callback.measurement, part)
         return part
 

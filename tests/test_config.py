@@ -160,6 +160,7 @@ def test_resolve_scale() -> None:
         (["measure.force_cpu_power_w=0"], "measure.force_cpu_power_w", "> 0 watts"),
         (["measure.force_ram_power_w=-3"], "measure.force_ram_power_w", "> 0 watts"),
         (["measure.tracking_mode=proc"], "measure.tracking_mode", "machine, process"),
+        (["measure.noise.max_rel_half_width=0"], "measure.noise.max_rel_half_width", "> 0"),
         (["carbon.when=garbage"], "carbon.when", "a month (2024-03)"),
         (["carbon.when=2024-13"], "carbon.when", "a month (2024-03)"),
         (["carbon.fallback=monthly"], "carbon.fallback", "null, annual"),

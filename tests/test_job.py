@@ -51,7 +51,7 @@ def test_synthesis_plan_measures_unet_evaluations_and_decodes_apart() -> None:
     cfg = compose_cfg("measure.synthesis.warmup=1", "measure.synthesis.decode_warmup=2")
     plan = synthesis_plan_of(cfg, chains=5, batch=2)
     assert plan.warmup == {"unet": 1, "decode": 2}
-    assert plan.measured == {"unet": cfg.measure.synthesis.iterations, "decode": 3}
+    assert plan.measured == {"unet": cfg.measure.synthesis.iterations, "decode": 5}
     assert plan.budget == {"unet": 5 * 1000, "decode": 5}
 
 

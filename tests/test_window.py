@@ -102,6 +102,14 @@ def test_verdicts_name_each_reason() -> None:
     assert drift([6.0, 7.0, 8.0, 9.0, 10.0]) == pytest.approx(0.5)
 
 
+def test_rules_from_config_judge_the_same_windows() -> None:
+    wide = PhaseMeasurement("diffusion", {"step": unit([4.0, 12.0, 5.0, 11.0, 8.0])})
+    assert wide.verdict.status == "noisy"
+    loose = wide.judged_by(NoiseRules(max_rel_half_width=2.0, max_drift=2.0))
+    assert loose.verdict.status == "stable"
+    assert loose.units["step"].windows == wide.units["step"].windows
+
+
 def test_phase_verdict_and_coverage() -> None:
     noisy = unit([8.0, 8.0, 80.0, 8.0, 8.0])
     phase = PhaseMeasurement(

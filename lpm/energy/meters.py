@@ -17,11 +17,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from lpm.config import TRACKING_MODES
 from lpm.energy.window import J_PER_KWH
 
 log = logging.getLogger("lpm.energy")
-
-TRACKING_MODES = ("machine", "process")
 
 
 def check_tracking_mode(tracking_mode: str) -> str:

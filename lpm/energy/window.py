@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Protocol
 
@@ -369,6 +369,10 @@ class PhaseMeasurement:
     coverage: dict[str, Coverage] = field(default_factory=dict)
     assumptions: tuple[str, ...] = ()
     reason: str | None = None
+
+    def judged_by(self, rules: NoiseRules) -> PhaseMeasurement:
+        """The same windows, their estimates and verdicts drawn under `rules`."""
+        return replace(self, units={n: replace(u, rules=rules) for n, u in self.units.items()})
 
     @property
     def complete(self) -> bool:
