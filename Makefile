@@ -45,7 +45,7 @@ test-full: install-dev ## run every test, the slow ones too (not the Slurm ones:
 # that cannot start fails here (LPM_REQUIRE_SLURM=1); plain pytest skips these tests instead.
 test-slurm: install-dev ## Slurm tests on a single-node cluster it starts and stops (root, Debian)
 	bash tests/slurm/cluster.sh start
-	LPM_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm tests/slurm; \
+	LPM_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm --durations=0 tests/slurm; \
 	  status=$$?; bash tests/slurm/cluster.sh stop; exit $$status
 
 lint: install-dev ## ruff lint and format check
@@ -56,8 +56,8 @@ format: install-dev ## format and autofix with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install-dev ## benchmarks: callback overhead, projection vs full run -> multirun/bench.json
-	$(BIN)/python -m lpm.bench --out multirun/bench.json
+bench: install-dev ## benchmarks (~10 min on 2 cores): bench/bench.json, bench/bench.md, table printed last
+	$(BIN)/python -m lpm.bench --out bench
 
 report: install ## report on the latest sweep under multirun/
 	$(BIN)/python -m lpm.report $(or $(lastword $(sort $(wildcard multirun/*/))),$(error no sweep under multirun/: run one first, e.g. make run))

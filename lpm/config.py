@@ -35,6 +35,11 @@ PRECISIONS = (
 )  # fmt: skip
 PRECISION_ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
 MIN_WINDOWS = 3  # fewer give no robust centre, no outlier test and no interval worth the name
+# `speed.attention`: MONAI's einsum attention, or F.scaled_dot_product_attention (its
+# `use_flash_attention`), which takes a flash or memory-efficient kernel where the device has one.
+ATTENTIONS = ("math", "sdpa")
+# `speed.*` switches in the order `speed_label` names them.
+SPEED_SWITCHES = ("channels_last", "compile", "fused_adam")
 
 
 class ConfigError(ValueError):
@@ -129,6 +134,16 @@ class DataConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """Speed-up techniques (`lpm.workload.ldm.Speed`); all off is the baseline."""
+
+    channels_last: bool = False
+    compile: bool = False
+    fused_adam: bool = False
+    attention: str = "math"
+
+
+@dataclass
 class PhaseWindow:
     warmup: int = 2
     iterations: int = 10
@@ -208,6 +223,7 @@ class LpmConfig:
     seed: int = 0
     precision: str = "32-true"
     batch: Batch = field(default_factory=Batch)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     carbon: CarbonConfig = field(default_factory=CarbonConfig)
@@ -310,6 +326,26 @@ def _check_sampler(cfg: DictConfig) -> None:
             )
 
 
+def speed_label(speed: Any) -> str:
+    """The speed-up techniques `speed` (config `speed`) turns on, as one axis value:
+    `baseline` when none, else e.g. `channels_last+sdpa`."""
+    on = [name for name in SPEED_SWITCHES if speed.get(name)]
+    if speed.get("attention", "math") != "math":
+        on.append(str(speed.attention))
+    return "+".join(on) or "baseline"
+
+
+def _check_speed(cfg: DictConfig) -> None:
+    _one_of("speed.attention", cfg.speed.attention, ATTENTIONS)
+    if cfg.speed.attention != "math" and not cfg.model.attention:
+        raise ConfigError(
+            "speed.attention",
+            cfg.speed.attention,
+            "needs attention blocks, and model.attention=false leaves the UNet none; "
+            "use speed.attention=math",
+        )
+
+
 def _check_gpus(cfg: DictConfig, cuda: bool | None) -> None:
     gpus = cfg.gpus
     if gpus.scaling not in ("weak", "strong"):
@@ -401,6 +437,7 @@ def check(cfg: DictConfig, cuda: bool | None = None) -> None:
             f"must be one of Lightning's: {', '.join(PRECISIONS + tuple(PRECISION_ALIASES))}",
         )
     _check_sampler(cfg)
+    _check_speed(cfg)
     for name in ("autoencoder_iterations", "diffusion_iterations", "samples"):
         _at_least(f"target.{name}", cfg.target[name], 1)
     for phase in PHASES:

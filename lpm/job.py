@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from lpm.carbon.projection import project
-from lpm.config import PRECISION_ALIASES, LDMSpec, windows_for
+from lpm.config import PRECISION_ALIASES, SPEED_SWITCHES, LDMSpec, speed_label, windows_for
 from lpm.energy.window import RULES, NoiseRules, PhaseMeasurement
 from lpm.record.record import PhaseRecord, Record, coverage, measured_phase, projected_phase
 
@@ -48,6 +48,9 @@ def axes_of(cfg: DictConfig, spec: LDMSpec | None) -> dict[str, Any]:
         "batch_size": spec.batch if spec else None,
         "scaling": cfg.gpus.scaling,
         "data": cfg.data.name,
+        # Speed-up techniques: `speed` names those on ("baseline": none), then each one.
+        "speed": speed_label(cfg.speed),
+        **{key: cfg.speed[key] for key in (*SPEED_SWITCHES, "attention")},
     }
 
 
@@ -174,7 +177,7 @@ class JobRun:
         import torch
         from torch.utils.data import DataLoader
 
-        from lpm.workload.images import save_samples_png
+        from lpm.workload.images import samples_caption, save_samples_png
         from lpm.workload.ldm import chains_for, synthesis_plan
 
         cfg = self.cfg
@@ -192,9 +195,13 @@ class JobRun:
             with torch.no_grad():
                 trainer.predict(dm, DataLoader(items, batch_size=None), return_predictions=False)
 
+        trained = dm.global_step  # the fit's: predict attaches a trainer of its own
         self.measure(plan, trainer, predict)
         if self.rank0 and dm.images is not None:
-            png = save_samples_png(dm.images, self.job_dir / "samples.png")
+            caption = samples_caption(
+                dm.chain_steps, steps, trained, cfg.target.diffusion_iterations
+            )
+            png = save_samples_png(dm.images, self.job_dir / "samples.png", caption=caption)
             self.record.samples = {
                 "path": png.name,
                 "count": dm.images.shape[0],
@@ -219,7 +226,8 @@ class JobRun:
             window={u: windows_for(n, windows)[0] for u, n in plan.measured.items()},
             meters=self.meters,
         )
-        trainer = _trainer(self.cfg, plan.name, [callback], self.logger, **kwargs)
+        planned = sum(plan.runs(unit) for unit in plan.measured)  # batches, warm-up included
+        trainer = _trainer(self.cfg, plan.name, planned, [callback], self.logger, **kwargs)
         self._note_precision(trainer)
         return trainer
 
@@ -287,22 +295,16 @@ def _log_quality(name: str, part: PhaseRecord) -> None:
         log.warning("  %s: incomplete, not every meter reported (%s)", name, meters)
 
 
-def _trainer(cfg: DictConfig, phase: str, callbacks: list, logger: Any, **kwargs: Any):
+def _trainer(
+    cfg: DictConfig, phase: str, planned: int, callbacks: list, logger: Any, **kwargs: Any
+):
+    """A trainer for one phase of `planned` batches: a progress bar on a terminal, progress
+    lines in logs."""
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import TQDMProgressBar
 
-    class PhaseProgressBar(TQDMProgressBar):
-        """Names the phase instead of Lightning's `Epoch N` (each phase runs one epoch)."""
+    from lpm.progress import PhaseProgressBar, phase_progress
 
-        def on_train_epoch_start(self, *args: Any) -> None:
-            super().on_train_epoch_start(*args)
-            self.train_progress_bar.set_description(phase)
-
-        def on_predict_batch_start(self, *args: Any) -> None:
-            super().on_predict_batch_start(*args)
-            self.predict_progress_bar.set_description(phase)
-
-    bars = sys.stderr.isatty()  # bars are noise in logs, CI and Slurm
+    progress = phase_progress(phase, planned)
     return pl.Trainer(
         accelerator=cfg.gpus.accelerator,
         devices=cfg.gpus.devices,
@@ -310,13 +312,13 @@ def _trainer(cfg: DictConfig, phase: str, callbacks: list, logger: Any, **kwargs
         num_nodes=cfg.gpus.num_nodes,
         precision=cfg.precision,
         logger=logger if logger is not None else False,
-        callbacks=[*callbacks, PhaseProgressBar()] if bars else callbacks,
+        callbacks=[*callbacks, progress],
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         log_every_n_steps=1,
-        enable_progress_bar=bars,
+        enable_progress_bar=isinstance(progress, PhaseProgressBar),
         **kwargs,
     )
 
@@ -343,17 +345,17 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
         price: `price(phases) -> {"carbon", "co2e_kg", "totals", "assumptions"}` for the
             record's phases.
     """
-    import hydra
     import torch
 
     from lpm.energy.meters import NodeMeters
-    from lpm.workload.ldm import AutoencoderModule, DiffusionModule, count_params
+    from lpm.record.sinks import job_logger
+    from lpm.workload.ldm import AutoencoderModule, DiffusionModule, Speed, count_params
 
     torch.manual_seed(cfg.seed)
     if cfg.gpus.accelerator == "cpu" and isinstance(cfg.gpus.devices, int) and cfg.gpus.devices > 1:
         # CPU ranks share the cores; each rank's own full thread pool would oversubscribe them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.gpus.devices))
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else None
+    logger = job_logger(cfg, record.axes, job_dir)
     measure = cfg.measure
     meters = NodeMeters(
         job_dir,
@@ -366,7 +368,8 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
     )
     job = JobRun(cfg, spec, record, job_dir, price, meters, logger)
 
-    ae = AutoencoderModule(spec)
+    speed = Speed(**cfg.speed)
+    ae = AutoencoderModule(spec, speed=speed)
     dm = DiffusionModule(
         spec,
         ae.autoencoder,
@@ -374,6 +377,7 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
         cfg.sampler.steps,
         dict(cfg.sampler.kwargs),
         seed=cfg.seed,
+        speed=speed,
     )
     record.params = {"autoencoder": count_params(ae.autoencoder), "unet": count_params(dm.unet)}
     log.info(
@@ -409,10 +413,11 @@ def _hardware(cfg: DictConfig, trainer: Any, missing_meters: dict[str, str]) -> 
 
 
 def finish_loggers() -> None:
-    """Close the W&B run so the next sweep job starts its own (it silently reuses it otherwise)."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+    """Close the job's W&B run and give back W&B's directories: the next sweep job gets its own
+    run in its own directory (see :func:`lpm.record.sinks.close_wandb`)."""
+    from lpm.record.sinks import close_wandb
+
+    close_wandb()
 
 
 def reset_distributed() -> None:

@@ -28,8 +28,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lpm.config import ConfigError, check, resolve_scale, resolve_spec
+from lpm.console import job_line, report_command, sweep_table
+from lpm.record.load import load_records
 from lpm.record.record import Record, read_status
 from lpm.record.sinks import save
+from lpm.slurm import slurm_job
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger("lpm")
@@ -48,11 +51,19 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _quiet() -> None:
+    # Lightning imports torchmetrics, which imports matplotlib: on a new machine it says
+    # "generated new fontManager" (INFO) in the middle of the job's lines.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import lightning.pytorch  # noqa: F401  (its import resets its loggers to INFO)
 
     os.environ.setdefault("WANDB_SILENT", "true")
+    # WARNING also drops Lightning's "💡 Tip: ... litlogger / litmodels" lines (INFO).
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if "SLURM_JOB_ID" not in os.environ:
+        # Outside a Slurm allocation `srun` merely exists on this host (a login node, a
+        # workstation): Lightning's hint to prepend it is noise. Inside one it may be right.
+        warnings.filterwarnings("ignore", ".*The `srun` command is available on your system.*")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*predict returned None.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
@@ -151,20 +162,53 @@ def resume_action(path: Path, overrides: Sequence[str]) -> str:
 
 
 _signals: list[str] = []  # received by this process; Lightning turns them into SystemExit(1)
-SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Slurm's time limit and `kill`; Ctrl-C
+# Slurm's time limit, preemption and `kill`; Ctrl-C; the warning Slurm sends `signal_delay_s`
+# before the time limit (hydra/launcher=slurm: submitit's `--signal=USR2@...`). submitit's own
+# USR2 handler would raise its UncompletedJobError inside training: the job would be `failed`.
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 def _interrupt_on_signals() -> dict[int, Any]:
-    """Turn SIGTERM and SIGINT into KeyboardInterrupt naming the signal, so the record says
-    which one stopped the job. Returns the handlers to restore (none off the main thread)."""
+    """Turn the first of SIGNALS into KeyboardInterrupt naming the signal, so the record says
+    which one stopped the job; later ones are only noted, so that they cannot cut short the
+    writing of that record (Slurm sends SIGTERM some seconds after USR2). Returns the handlers
+    to restore (none off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
+    _signals.clear()
 
     def interrupt(signum: int, frame: Any) -> None:
         _signals.append(signal.Signals(signum).name)
-        raise KeyboardInterrupt(_signals[-1])
+        if len(_signals) == 1:
+            raise KeyboardInterrupt(_signals[0])
 
     return {s: signal.signal(s, interrupt) for s in SIGNALS}
+
+
+def _interrupt_ends_only_the_job(multirun: bool) -> bool:
+    """Whether an interrupted job returns `interrupted` instead of stopping this process.
+
+    A submitit sweep job (Slurm) runs alone in its process and the launcher waits for its
+    result: returning one lets the sweep end with its summary, and rerunning the sweep finishes
+    the job. A sweep whose jobs run in this process (Hydra's basic launcher) is stopped by
+    Ctrl-C as a whole, and a single run exits non-zero.
+    """
+    return multirun and "SUBMITIT_EXECUTOR" in os.environ
+
+
+def _log_rank(status: str) -> None:
+    """Each rank of a distributed job says where it ran (read from the job's process group)."""
+    dist = getattr(sys.modules.get("torch"), "distributed", None)
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        return
+    log.info(
+        "  rank %d of %d (local rank %s, node %s): %s",
+        dist.get_rank(),
+        dist.get_world_size(),
+        os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "?")),
+        os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "?")),
+        status,
+    )
 
 
 def run(cfg: DictConfig) -> str:
@@ -200,6 +244,7 @@ def run(cfg: DictConfig) -> str:
             "dir": str(job_dir),
             "overrides": list(hc.overrides.task),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "slurm": slurm_job(),  # None outside Slurm; the ids sacct joins on
         },
     )
     try:
@@ -224,8 +269,9 @@ def run(cfg: DictConfig) -> str:
         record.status = "ok"
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, SIGTERM (Slurm), Lightning's exit
         record.status = "interrupted"
-        record.error = f"interrupted by {_signals[-1]}" if _signals else _one_line(exc)
-        raise
+        record.error = f"interrupted by {_signals[0]}" if _signals else _one_line(exc)
+        if not _interrupt_ends_only_the_job(multirun):
+            raise
     except Exception as exc:
         record.status, record.error = "failed", _one_line(exc)
         if rank0:
@@ -237,8 +283,9 @@ def run(cfg: DictConfig) -> str:
         record.job["seconds"] = time.time() - t0
         if rank0:
             save(record, job_dir)
-            log.info("  %s in %.1f s -> %s", record.status, record.job["seconds"], path)
+            log.info("  %s", job_line(record.to_dict(), path))
         finish_loggers()
+        _log_rank(record.status)
         reset_distributed()
     if record.status != "ok" and not multirun:
         sys.exit(1)
@@ -278,7 +325,12 @@ class SweepProgress(Callback):
         ]
         counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no jobs"
-        log.info("sweep %s: %s", sweep, summary)
+        # Printed, not logged: outside a job only Hydra's own log format applies, whose
+        # `[time][HYDRA]` prefix would bury the table.
+        print(f"sweep {sweep}: {summary}")
+        for line in sweep_table(load_records(sweep)):
+            print(f"  {line}")
+        print(f"next: {report_command(sweep)}", flush=True)
         if any(s not in ("ok", "skipped") for s in statuses):
             sys.exit(1)
 

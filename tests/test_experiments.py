@@ -15,7 +15,7 @@ from lpm.config import check
 from lpm.report.build import build_report
 
 # Jobs per preset: the product of its sweep params, as each file's header states.
-JOBS = {"fig1_dims": 2, "fig2_size": 6, "fig3_site": 9, "fig4_speedups": 12, "paper": 12}
+JOBS = {"fig1_dims": 2, "fig2_size": 6, "fig3_site": 9, "fig4_speedups": 10, "paper": 12}
 
 
 def compose_hydra(*overrides: str) -> DictConfig:

@@ -48,6 +48,10 @@ def make_record(
     verdicts: dict[str, str] | None = None,
     coverage: dict[str, tuple[int, int]] | None = None,
     unet_j: tuple[float, float, float] | None = None,
+    scaling: str | None = None,
+    accelerator: str = "cuda",
+    scale: str = "paper",
+    windows: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """A valid lpm.record/1 with energies from a toy cost model of the axes, priced as a job is.
 
@@ -58,11 +62,15 @@ def make_record(
         verdicts: phase -> "stable" | "noisy" (every phase gets one when given; default stable).
         coverage: phase -> (GPUs metered, expected) (every phase gets one when given).
         unet_j: synthesis joules per UNet evaluation (value, low, high).
+        scaling: "weak" | "strong": `axes.scaling` and per-device batch sizes (8, 16, 16).
+        accelerator: "cuda", or "cpu" (then every component an estimate).
+        scale: `axes.scale`; "cpu" also shrinks images to 32² or 32³ and the networks.
+        windows: J per iteration of the diffusion step's windows; the largest is an outlier.
     """
-    scale = SIZE[model] * (1.0 if dims == "3d" else 0.1) * (0.6 if precision != "32-true" else 1)
+    factor = SIZE[model] * (1.0 if dims == "3d" else 0.1) * (0.6 if precision != "32-true" else 1)
     phases = {}
     for phase, base_kwh in BASE_KWH.items():
-        e = base_kwh * scale * (steps / 1000 if phase == "synthesis" else 1)
+        e = base_kwh * factor * (steps / 1000 if phase == "synthesis" else 1)
         e = kwh[phase] if kwh and phase in kwh else e
         seconds = 3600 * e / gpus
         target = {"samples": 10_000, "steps": steps} if phase == "synthesis" else {}
@@ -99,7 +107,26 @@ def make_record(
     priced = price(phases, Intensity(intensity, zone, "2023", "test table"), PUE)
     for phase, co2e in priced["co2e_kg"].items():
         phases[phase]["co2e_kg"] = co2e
-    return {
+    if windows:
+        kept = sorted(windows)[:-1]
+        value = sum(kept) / len(kept)
+        phases["diffusion"]["measured"]["units"] = {
+            "step": {
+                "per_window": [[10, 1.0, 10 * j] for j in windows],
+                "outliers": [windows.index(max(windows))],
+                "joules_per_iteration": {
+                    "value": value,
+                    "ci95": [0.9 * value, 1.1 * value],
+                    "mean": sum(windows) / len(windows),
+                },
+                "verdict": {"status": "stable", "reasons": []},
+            }
+        }
+    if accelerator == "cpu":
+        for block in phases.values():
+            block["measured"]["method"] = {"cpu": "estimate", "ram": "estimate"}
+    cpu = scale == "cpu"
+    record = {
         "axes": {
             "model": model,
             "dims": dims,
@@ -108,15 +135,22 @@ def make_record(
             "scheduler": f"{sampler.upper()}Scheduler",
             "steps": steps,
             "precision": precision,
-            "scale": "paper",
-            "image_size": [144, 176, 112] if dims == "3d" else [256, 256],
+            "scale": scale,
+            "image_size": (
+                ([32] * 3 if dims == "3d" else [32] * 2)
+                if cpu
+                else ([144, 176, 112] if dims == "3d" else [256, 256])
+            ),
         },
         "status": status,
         "error": error,
         "schema": schema,
-        "params": {"autoencoder": int(21e6 * SIZE[model]), "unet": int(191e6 * SIZE[model])},
+        "params": {
+            "autoencoder": int((0.03e6 if cpu else 21e6) * SIZE[model]),
+            "unet": int((0.45e6 if cpu else 191e6) * SIZE[model]),
+        },
         "hardware": {
-            "accelerator": "cuda",
+            "accelerator": accelerator,
             "devices": gpus,
             "nodes": 1,
             "world_size": gpus,
@@ -128,6 +162,12 @@ def make_record(
         "totals": priced["totals"],
         "job": {"overrides": [] if seed is None else [f"seed={seed}"]},
     }
+    if scaling:
+        record["axes"] |= {
+            "scaling": scaling,
+            "batch_size": {"autoencoder": 8, "diffusion": 16, "synthesis": 16},
+        }
+    return record
 
 
 # Every axis varied once from the baseline (3D, base, DDPM 1000 steps, fp32, 1 GPU, Germany).
@@ -211,7 +251,24 @@ def test_results_csv_has_one_row_per_job_with_the_records_numbers(
             assert float(row[f"phases.{phase}.co2e_kg.projected"]) == block["co2e_kg"]["projected"]
             assert float(row[f"phases.{phase}.projected.seconds"]) == block["projected"]["seconds"]
         assert json.loads(row["axes.image_size"]) == record["axes"]["image_size"]
+        # Interval bounds as numbers of their own, the whole job's with them.
+        low, high = record["phases"]["synthesis"]["projected"]["energy_kwh_ci95"]
+        assert float(row["phases.synthesis.projected.energy_kwh_ci95_lo"]) == low
+        assert float(row["phases.synthesis.projected.energy_kwh_ci95_hi"]) == high
+        if row["status"] == "ok":
+            assert row["site"] == record["carbon"]["zone"]
+            total = sum(record["phases"][p]["co2e_kg"]["projected"] for p in BASE_KWH)
+            assert float(row["co2e_kg_total"]) == pytest.approx(total)
+            lows = sum(record["phases"][p]["co2e_kg"]["projected_ci95"][0] for p in BASE_KWH)
+            assert float(row["co2e_kg_total_lo"]) == pytest.approx(lows)
+            hours = sum(record["phases"][p]["projected"]["seconds"] for p in BASE_KWH) / 3600
+            assert float(row["hours_total"]) == pytest.approx(hours)
+            assert float(row["hours_total_lo"]) == pytest.approx(0.9 * hours)
     assert rows[FAILED[0]]["error"] == FAILED[1]
+    with (out / "results.csv").open(newline="") as f:
+        header = next(csv.reader(f))
+    assert header[:3] == ["job", "status", "error"]  # one status column, the report's
+    assert not [c for c in header if c.endswith("ci95")]
 
 
 def test_html_embeds_every_figure_and_loads_nothing(
@@ -247,7 +304,8 @@ def test_headlines_are_the_fixture_numbers(built: tuple[dict[str, Any], Path, st
         "Sampler: ddim 50 steps instead of ddpm 1000 steps: 0.05× the synthesis CO2e",
         "Precision: bf16-mixed instead of 32-true: 0.6× the total CO2e",
         # Two GPUs: the same energy in half the time.
-        "GPUs: 2 GPUs instead of 1 GPU: 1× the total CO2e (",
+        "GPUs: 2 GPUs instead of 1 GPU (scaling not recorded: as recorded, each its own budget): "
+        "1× the total CO2e (",
         "kg, projected), 0.5× the time.",
         "A large 3D model emits 16× the CO2e of a small one",
     ]
@@ -273,7 +331,10 @@ def test_location_spread_is_max_over_min_of_the_repriced_totals(tmp_path: Path) 
     assert f"Location changes emissions up to {fmt(factor, 2)}×" in text
     assert f"NOR {fmt(totals['NOR'])} kg to IND {fmt(totals['IND'])} kg" in text
     # The what-if table: the recorded site, then cleanest, middle and dirtiest other zone.
-    assert "| job | recorded site | NOR (30.1 g/kWh) | POL (662 g/kWh) | IND (713 g/kWh) |" in text
+    assert (
+        "| job | recorded site | NOR (Norway), 30.1 g/kWh | POL (Poland), 662 g/kWh | "
+        "IND (India), 713 g/kWh |" in text
+    )
 
 
 def test_months_figure_states_the_seasonal_spread(tmp_path: Path) -> None:
@@ -287,7 +348,9 @@ def test_months_figure_states_the_seasonal_spread(tmp_path: Path) -> None:
     code, out = report(sweep, "--csv", str(series), "--zones", "DE,FR")
     assert code == 0
     text = (out / "report.md").read_text()
-    assert "Time of year changes emissions by up to 50% (DE: cleanest month 2024-03" in text
+    assert (
+        "Time of year changes emissions by up to 50% (Germany (DE): cleanest month 2024-03" in text
+    )
     with Image.open(out / "fig3_months.png") as image:
         image.verify()
 
@@ -313,7 +376,8 @@ def test_a_figure_whose_axis_did_not_vary_is_omitted_with_its_reason(tmp_path: P
     text = (out / "report.md").read_text()
     assert "fig1_dims omitted: the sweep did not vary dims (only 3d)." in text
     assert (
-        "fig4_speedups omitted: the sweep varied none of sampler, steps, precision, gpus." in text
+        "fig4_speedups omitted: the sweep varied none of sampler, steps, precision, speed, gpus."
+        in text
     )
     assert "fig3_months omitted: no --csv time series given" in text
     assert not (out / "fig1_dims.png").exists() and (out / "fig2_size.png").exists()

@@ -66,7 +66,7 @@ def test_a_noisy_phase_is_marked_and_kept_out_of_headlines(
     assert f"| {fmt(kg(TRAIN_KWH))} (noisy) |" in row and row.endswith("| noisy: diffusion |")
     assert line_with(text, "| dims=2d | base |").endswith("| stable |")
     assert "(noisy)" not in line_with(text, "| dims=2d | base |")
-    assert "Faded segments with a dashed outline (bar note 'noisy')" in text
+    assert "Faded bars with a dashed outline (note 'noisy')" in text
     rows = results(out)
     assert rows["baseline"]["verdict.diffusion"] == "noisy"
     assert rows["baseline"]["verdict.synthesis"] == "stable"

@@ -349,6 +349,8 @@ class EnergyCallback(pl.Callback):
             key = f"energy/{self.phase}/{w.unit}"
             metrics = {f"{key}/seconds_per_it": w.seconds / max(w.iterations, 1)}
             metrics |= {f"{key}/{c}_w": j / w.seconds for c, j in w.energy_j.items()}
+            if w.energy_j:
+                metrics[f"{key}/joules_per_it"] = w.total_j / max(w.iterations, 1)
             for logger in self._trainer.loggers:
                 logger.log_metrics(metrics, step=step)
 

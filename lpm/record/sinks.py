@@ -1,18 +1,112 @@
 """Sinks for a finished record: a flat CSV row beside it and the job's W&B run.
 
-Sinks only reshape the record; nothing here computes a number.
+Sinks only reshape the record; nothing here computes a number. The W&B run is set up here too
+(:func:`job_logger`): its config, group, job type and tags, and the directories W&B writes to.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
+from lpm.console import projected, verdicts
 from lpm.record.record import Record
+
+WANDB_TARGET = "lpm.record.sinks.wandb_logger"
+# Where W&B writes besides the run itself (its service's logs, artifact staging), relative to the
+# job directory: a job leaves nothing under $HOME. WANDB_CONFIG_DIR is left alone: W&B only reads
+# it during a run, and it holds the `wandb login` settings (a private server's base_url) that an
+# online run needs.
+WANDB_DIRS = {"WANDB_DIR": "", "WANDB_CACHE_DIR": "wandb/cache", "WANDB_DATA_DIR": "wandb/data"}
+_outer_env: dict[str, str | None] = {}  # what the job's W&B directories replaced, to restore
+
+
+def wandb_logger(**kwargs: Any) -> Any:
+    """Lightning's `WandbLogger(**kwargs)`, without the `anonymous=None` it always hands to
+    `wandb.init` (W&B 0.31 warns on every run that the setting has no effect)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(**kwargs)
+    logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+def tags(axes: Mapping[str, Any]) -> list[str]:
+    """`axis=value` for every scalar axis (W&B tags hold at most 64 characters)."""
+    return [
+        f"{k}={v}"[:64]
+        for k, v in axes.items()
+        if isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    ]
+
+
+def wandb_run_args(cfg: DictConfig, axes: Mapping[str, Any], group: str) -> dict[str, Any]:
+    """`wandb.init` arguments for a job: the axes at the top of its config (the runs table
+    groups by config keys: `dims`, `model`, ...), the resolved config under `cfg`, the sweep as
+    its group, `<model>-<dims>` as job type, the axes as tags."""
+    return {
+        "config": {**axes, "cfg": OmegaConf.to_container(cfg, resolve=True)},
+        "group": group,
+        "job_type": f"{axes['model']}-{axes['dims']}",
+        "tags": tags(axes),
+    }
+
+
+def keep_wandb_in(job_dir: Path) -> None:
+    """Point W&B's directories into `job_dir` until :func:`close_wandb`."""
+    for key, sub in WANDB_DIRS.items():
+        _outer_env.setdefault(key, os.environ.get(key))
+        os.environ[key] = str(job_dir / sub)
+
+
+def job_logger(cfg: DictConfig, axes: Mapping[str, Any], job_dir: Path) -> Any:
+    """The Lightning logger `cfg.logger` names, or None for none.
+
+    The W&B one (`_target_: lpm.record.sinks.wandb_logger`) gets :func:`wandb_run_args`, its
+    group being the sweep's directory name (a single run's own); W&B writes inside `job_dir`.
+    """
+    target = cfg.logger.get("_target_")
+    if not target:
+        return None
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if target != WANDB_TARGET:
+        return hydra.utils.instantiate(cfg.logger)
+    hc = HydraConfig.get()
+    group = Path(hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.runtime.output_dir).name
+    keep_wandb_in(job_dir)
+    # Partial, then called: instantiating with the resolved config as an argument would make
+    # Hydra instantiate the `_target_` inside it.
+    make = hydra.utils.instantiate(cfg.logger, _partial_=True)
+    return make(**wandb_run_args(cfg, axes, group))
+
+
+def close_wandb() -> None:
+    """Finish the job's W&B run and stop W&B's service (its logs are in this job's directory),
+    then give back the directories W&B had before the job: the next job of a sweep gets its
+    own run, in its own directory (W&B silently reuses an unfinished run otherwise)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+    if not _outer_env:
+        return
+    if wandb is not None:
+        wandb.teardown()
+    for key, value in _outer_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _outer_env.clear()
 
 
 def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -40,8 +134,24 @@ def write_csv_row(record: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def wandb_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Per phase and in total: projected kWh and kg CO2e with their 95% bounds
+    (`projected/<phase>/co2e_kg`, `..._lo`, `..._hi`), car-km, and each phase's verdict
+    (`verdict/<phase>`)."""
+    out: dict[str, Any] = {}
+    for phase, estimates in projected(record).items():
+        for key, e in estimates.items():
+            name = f"projected/{phase}/{key}"
+            out |= {name: e.value, f"{name}_lo": e.low, f"{name}_hi": e.high}
+    car_km = (record.get("totals") or {}).get("car_km")
+    if car_km is not None:
+        out["projected/total/car_km"] = car_km
+    return out | {f"verdict/{phase}": status for phase, status in verdicts(record).items()}
+
+
 def log_wandb(record: Mapping[str, Any]) -> bool:
-    """Put the record into the active W&B run: summary fields and a one-row table.
+    """Put the record into the active W&B run: the final axes into its config (the precision
+    that ran), :func:`wandb_summary` and every field into its summary, and a one-row table.
 
     Returns whether a run was there to take it (no run, no import of wandb).
     """
@@ -49,8 +159,9 @@ def log_wandb(record: Mapping[str, Any]) -> bool:
     run = getattr(wandb, "run", None) if wandb else None
     if run is None:
         return False
+    run.config.update(dict(record.get("axes") or {}), allow_val_change=True)
     flat = {k: v for k, v in flatten(record).items() if v is not None}
-    run.summary.update({f"lpm/{k}": v for k, v in flat.items()})
+    run.summary.update({f"lpm/{k}": v for k, v in flat.items()} | wandb_summary(record))
     columns = list(flat)
     run.log({"lpm/record": wandb.Table(columns=columns, data=[[flat[c] for c in columns]])})
     return True

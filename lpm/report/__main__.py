@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {check.name}: {check.summary}{flagged}")
     for line in report.headlines:
         print(f"- {line}")
+    for note in report.notes:
+        print(f"  {note}")
     return 0 if report.compared else 1
 
 

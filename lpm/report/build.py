@@ -6,13 +6,14 @@ warning, in the report and on the console."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lpm.record.sinks import flatten
 from lpm.report.checks import Check, run_checks
-from lpm.report.document import document, headlines, markdown, to_html
+from lpm.report.document import document, headline_notes, headlines, markdown, to_html
 from lpm.report.figures import Figure, figures
 from lpm.report.plot import draw
 from lpm.report.study import Study, build_study
@@ -24,6 +25,7 @@ class Report:
     out: Path
     files: list[Path]
     headlines: list[str]
+    notes: list[str]  # the headlines' provenance, once (footnotes)
     warnings: list[str]  # what a reader must know: unusable records, skipped comparisons, flags
     compared: int  # jobs that finished ok
     checks: list[Check]
@@ -37,17 +39,44 @@ def _judged(job: Job, pools: dict[str, str]) -> dict[str, Any]:
     return out | {"pooled_as": pools.get(job.name, "")}
 
 
+def _intervals(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record with every 95% interval `[low, high]` as two fields, `<key>_lo` and `<key>_hi`
+    (a spreadsheet then reads the bounds as numbers)."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            out[key] = _intervals(value)
+        elif key.endswith("ci95") and isinstance(value, (list, tuple)) and len(value) == 2:
+            out[f"{key}_lo"], out[f"{key}_hi"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _totals(job: Job) -> dict[str, Any]:
+    """Projected total kg CO2e and hours of all phases with their 95% intervals."""
+    out: dict[str, Any] = {}
+    for name, e in (("co2e_kg_total", job.co2e()), ("hours_total", job.hours())):
+        out |= {name: e.value, f"{name}_lo": e.low, f"{name}_hi": e.high}
+    return out
+
+
 def write_results(study: Study, path: Path) -> Path:
-    """One row per job: the job dir, how the report took it (status, per phase its verdict and
-    coverage, its pool of repeats), then every record field, flat."""
+    """One row per job: the job dir, its one status (the record's, or why the report could not
+    read it), site, projected totals with their intervals, how the report took it (per phase its
+    verdict and coverage, its pool of repeats), then every record field, flat, intervals as
+    `_lo`/`_hi` columns."""
     pools = {r.name: j.name for j in study.jobs for r in j.runs}
     rows: list[dict[str, Any]] = []
     for job in study.sweep.jobs:
-        row = {"job": job.name, "report_status": job.status}
+        row: dict[str, Any] = {"job": job.name, "status": job.status, "error": job.error or ""}
         if job.ok:
-            row |= _judged(job, pools)
-        rows.append(row | (flatten(job.record) if job.record else {"error": job.error}))
-    columns = list(dict.fromkeys(key for row in rows for key in row)) or ["job", "report_status"]
+            row |= {"site": job.axis("site")} | _totals(job) | _judged(job, pools)
+        if job.record:
+            fields = flatten(_intervals(job.record))
+            row |= {k: v for k, v in fields.items() if k not in ("status", "error")}
+        rows.append(row)
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or ["job", "status"]
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -89,6 +118,6 @@ def build_report(
         (out / name).write_text(text, encoding="utf-8")
         files.append(out / name)
     flags = [f"{c.name}: {flag}" for c in study.checks for flag in c.flags]
-    return Report(
-        out, files, lines, sweep.warnings + study.notes + flags, len(sweep.ok), study.checks
-    )
+    notes = headline_notes(study) if lines else []
+    warnings = sweep.warnings + study.notes + flags
+    return Report(out, files, lines, notes, warnings, len(sweep.ok), study.checks)

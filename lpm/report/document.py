@@ -5,32 +5,92 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lpm.carbon.intensity import Intensity
 from lpm.energy.window import Estimate
 from lpm.report.figures import Figure, Omission, describe, speedups
-from lpm.report.study import Study, fmt, methods, pricing
-from lpm.report.sweep import PHASES, SPREAD_FLAG, TRAINING, Job, matched, pick, sort_key, values
+from lpm.report.study import (
+    Study,
+    assumptions,
+    canonical,
+    fmt,
+    methods,
+    pricing,
+    provenance,
+    scale_stamp,
+    zone_label,
+    zone_name,
+)
+from lpm.report.sweep import (
+    AXES,
+    NO_SPEED_FLAGS,
+    PHASES,
+    SPREAD_FLAG,
+    TRAINING,
+    Job,
+    matched,
+    pick,
+    sort_key,
+    values,
+)
 
 # A report is a list of blocks: ("h1" | "h2" | "p", text), ("ul", [text]),
-# ("table", (header, rows)), ("figure", Figure | Omission).
+# ("table", (header, rows)), ("figure", Figure | Omission). Text may hold `code` spans.
 Block = tuple[str, Any]
 SYNTHESIS = ("synthesis",)
+SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+AXIS_NAMES = {"gpus": "GPUs", "speed": "speed flags"}
+
+
+@dataclass(frozen=True)
+class Label:
+    """A table cell naming a job: short on the page, its full directory on hover (Markdown,
+    read as text, keeps the full name)."""
+
+    short: str
+    full: str
+
+    def __str__(self) -> str:
+        return self.full
 
 
 def _setup(job: Job) -> str:
     a = job.axes
     setup = f"model {a['model']}, {a['sampler']} {a['steps']} steps, {a['precision']}, {a['gpus']}"
+    if a["speed"] != NO_SPEED_FLAGS:
+        setup += f", speed flags {a['speed']}"
     if job.runs:
         setup += f", mean of {len(job.runs)} repeats (seeds {', '.join(map(str, job.seeds))})"
     return setup
 
 
-def _context(job: Job) -> str:
-    """What stands behind a headline's numbers: the job, its meters and its price."""
-    return f"[{_setup(job)}; energy {methods(job)}; priced at {pricing(job.record)}]"
+def _sources(study: Study) -> dict[str, int]:
+    """Each distinct provenance (price, energy methods, assumptions) of the jobs, numbered."""
+    found = dict.fromkeys(provenance([j]) for j in study.jobs)
+    return {text: i for i, text in enumerate(found, start=1)}
+
+
+def _context(study: Study, *jobs: Job) -> str:
+    """What differs between headlines: the setup and the scale of the networks behind the
+    numbers, and a footnote mark for their provenance where the jobs have more than one."""
+    sources = _sources(study)
+    marks = sorted({sources[provenance([j])] for j in jobs}) if len(sources) > 1 else []
+    mark = ",".join(str(m) for m in marks).translate(SUPERSCRIPTS)
+    return f"[{_setup(jobs[0])}; {scale_stamp(jobs)}]{mark}"
+
+
+def headline_notes(study: Study) -> list[str]:
+    """The headlines' provenance, once: one footnote per distinct price, energy methods and
+    assumptions (numbered as the headlines' marks)."""
+    sources = _sources(study)
+    if len(sources) == 1:
+        return [f"Every headline: {next(iter(sources))}"]
+    return [f"{str(i).translate(SUPERSCRIPTS)} {text}" for text, i in sources.items()]
 
 
 def _caveat(*parts: tuple[Job, tuple[str, ...]]) -> str:
@@ -56,6 +116,19 @@ def _iterations(job: Job) -> str:
     return f"autoencoder {its[0]:,} + diffusion {its[1]:,} iterations"
 
 
+def _zone(zone: str) -> str:
+    """'Norway (NOR)', or the code alone."""
+    name = zone_name(zone)
+    return f"{name} ({zone})" if name else zone
+
+
+def _where(i: Intensity) -> str:
+    """'Norway (NOR, 30.1 g/kWh, 2023)'."""
+    name = zone_name(i.zone)
+    where = f"{i.zone}, {fmt(i.g_per_kwh)} g/kWh, {i.period}"
+    return f"{name} ({where})" if name else f"{i.zone} ({fmt(i.g_per_kwh)} g/kWh, {i.period})"
+
+
 def _dims_lines(study: Study) -> list[str]:
     """Training and synthesis per image dimensionality, as the study's car-km headlines; each
     from the job nearest the baseline whose phases may carry a headline."""
@@ -71,7 +144,8 @@ def _dims_lines(study: Study) -> list[str]:
             train = job.co2e(TRAINING)
             out.append(
                 f"Training a {d} LDM ({_iterations(job)}) emits {_kg(train, job)}, like driving "
-                f"{fmt(train.value * 1000 / car)} km.{_caveat((job, TRAINING))} {_context(job)}"
+                f"{fmt(train.value * 1000 / car)} km.{_caveat((job, TRAINING))} "
+                f"{_context(study, job)}"
             )
         if job := sampled.get((dims,)):
             synth = job.co2e(SYNTHESIS)
@@ -79,13 +153,14 @@ def _dims_lines(study: Study) -> list[str]:
             out.append(
                 f"Synthesizing {samples:,} {d} samples emits {_kg(synth, job)}, like driving "
                 f"{fmt(synth.value * 1000 / car)} km ({fmt(100 * synth.value / budget, 2)}% of "
-                f"one person's annual 1.5 °C budget).{_caveat((job, SYNTHESIS))} {_context(job)}"
+                f"one person's annual 1.5 °C budget).{_caveat((job, SYNTHESIS))} "
+                f"{_context(study, job)}"
             )
         if job := both.get((dims,)):
             ratio = job.co2e(SYNTHESIS).value / job.co2e(TRAINING).value
             out.append(
                 f"In {d}, synthesis emits {fmt(ratio, 2)}× the CO2e of training (projected)."
-                f"{_caveat((job, PHASES))} [{_setup(job)}]"
+                f"{_caveat((job, PHASES))} {_context(study, job)}"
             )
     return out
 
@@ -102,7 +177,7 @@ def _size_line(study: Study) -> list[str]:
         f"A {large} {str(study.base['dims']).upper()} model emits "
         f"{fmt(last.co2e().value / first.co2e().value, 2)}× the CO2e of a {small} one "
         f"({fmt(last.co2e().value)} vs {fmt(first.co2e().value)} kg, all phases, projected)."
-        f"{_caveat((last, PHASES), (first, PHASES))} {_context(last)}"
+        f"{_caveat((last, PHASES), (first, PHASES))} {_context(study, last, first)}"
     ]
 
 
@@ -114,18 +189,18 @@ def _site_lines(study: Study) -> list[str]:
         low, low_kg, high, high_kg = where
         out.append(
             f"Location changes emissions up to {fmt(high_kg / low_kg, 2)}×: {describe(job)} "
-            f"emits {fmt(low_kg)} kg CO2e in {low.zone} ({fmt(low.g_per_kwh)} g/kWh, "
-            f"{low.period}) and {fmt(high_kg)} kg in {high.zone} ({fmt(high.g_per_kwh)} g/kWh, "
-            f"{high.period}) (projected, re-priced, PUE {job.record['carbon']['pue']:g})."
-            f"{_caveat((job, PHASES))} [{_setup(job)}; energy {methods(job)}]"
+            f"emits {fmt(low_kg)} kg CO2e in {_where(low)} and {fmt(high_kg)} kg in "
+            f"{_where(high)} (projected, re-priced, PUE {job.record['carbon']['pue']:g})."
+            f"{_caveat((job, PHASES))} {_context(study, job)}"
         )
     seasons = study.seasons()
     if seasons:
         zone = max(seasons, key=lambda z: seasons[z][0])
         spread, low_month, high_month = seasons[zone]
         out.append(
-            f"Time of year changes emissions by up to {fmt(100 * spread, 2)}% ({zone}: cleanest "
-            f"month {low_month}, dirtiest {high_month}; monthly means of {study.csv.name})."
+            f"Time of year changes emissions by up to {fmt(100 * spread, 2)}% ({_zone(zone)}: "
+            f"cleanest month {low_month}, dirtiest {high_month}; monthly means of "
+            f"{study.csv.name})."
         )
     return out
 
@@ -134,24 +209,27 @@ def _speedup_lines(study: Study) -> list[str]:
     """Per technique, the setting that saves the most CO2e against the baseline; never a
     comparison a consistency check contradicts."""
     out = []
-    for label, phases, base_job, settings in speedups(study, headline=True):
+    for t in speedups(study, headline=True):
+        phases, base_job = t.phases, t.base_job
         what = "synthesis" if phases == SYNTHESIS else "total"
-        base_name = next(s for s, j in settings.items() if j is base_job)
+        base_name = next(s for s, j in t.settings.items() if j is base_job)
         others = {
             s: j
-            for s, j in settings.items()
+            for s, j in t.settings.items()
             if j is not base_job and not study.contradicted(j, base_job)
         }
         if not others:
             continue
-        best = min(others, key=lambda s: others[s].co2e(phases).value)
+        kg = {s: t.measure(j)(phases).value for s, j in others.items()}
+        best = min(others, key=kg.__getitem__)
         job, ref = others[best], base_job.co2e(phases).value
-        kg, hours = job.co2e(phases).value, job.hours(phases).value
+        hours = t.measure(job, "hours")(phases).value
+        how = f" ({t.how})" if t.how else ""
         out.append(
-            f"{label[0].upper()}{label[1:]}: {best} instead of {base_name}: "
-            f"{fmt(kg / ref, 2)}× the {what} CO2e ({fmt(kg)} vs {fmt(ref)} kg, projected), "
-            f"{fmt(hours / base_job.hours(phases).value, 2)}× the time."
-            f"{_caveat((job, phases), (base_job, phases))} {_context(job)}"
+            f"{t.label[0].upper()}{t.label[1:]}: {best} instead of {base_name}{how}: "
+            f"{fmt(kg[best] / ref, 2)}× the {what} CO2e ({fmt(kg[best])} vs {fmt(ref)} kg, "
+            f"projected), {fmt(hours / base_job.hours(phases).value, 2)}× the time."
+            f"{_caveat((job, phases), (base_job, phases))} {_context(study, job)}"
         )
     return out
 
@@ -194,17 +272,26 @@ def _runs(job: Job) -> str:
     return f"{len(job.runs)} (seeds {', '.join(map(str, job.seeds))})" if job.runs else "1"
 
 
+def _labeller(study: Study) -> Any:
+    return lambda name: Label(study.short(name), name)
+
+
 def _jobs_table(study: Study) -> tuple[list[str], list[list[str]]]:
-    header = ["job", "model", "dims", "sampler", "steps", "precision", "GPUs", "site", "runs"]
+    # Speed flags get a column once a job has any.
+    shown = [
+        a for a in AXES if a != "speed" or any(j.axis(a) != NO_SPEED_FLAGS for j in study.jobs)
+    ]
+    header = ["job", *(AXIS_NAMES.get(a, a) for a in shown), "runs"]
     header += ["training kg", "synthesis kg", "total kg (95% CI)", "car km", "hours", "verdict"]
     car = study.factor("car_g_per_km")
+    label = _labeller(study)
     rows = []
     for job in study.jobs:
         total = job.co2e()
         rows.append(
             [
-                job.name,
-                *(str(v) for v in job.axes.values()),
+                label(job.name),
+                *(str(job.axis(a)) for a in shown),
                 _runs(job),
                 _cell(job, TRAINING, fmt(job.co2e(TRAINING).value)),
                 _cell(job, SYNTHESIS, fmt(job.co2e(SYNTHESIS).value)),
@@ -223,6 +310,7 @@ def _repeats_table(study: Study) -> tuple[list[str], list[list[str]]]:
     header = ["job", "phase", "each run: kg CO2e (within-run 95% CI)"]
     header += ["pooled kg CO2e (between-run 95% CI)", "verdict", "spread / within-run"]
     rows = []
+    label = _labeller(study)
     for job in (j for j in study.jobs if j.runs):
         for phase in PHASES:
             runs = job.pooled((phase,))
@@ -236,7 +324,7 @@ def _repeats_table(study: Study) -> tuple[list[str], list[list[str]]]:
             spread += " (flagged)" if ratio is not None and ratio > SPREAD_FLAG else ""
             rows.append(
                 [
-                    job.name,
+                    label(job.name),
                     phase,
                     each,
                     _cell(job, (phase,), pooled),
@@ -249,13 +337,15 @@ def _repeats_table(study: Study) -> tuple[list[str], list[list[str]]]:
 
 def _whatif_table(study: Study) -> tuple[list[str], list[list[str]]]:
     """Each job's total at its recorded site and at the cleanest, a middle and the dirtiest zone."""
-    recorded = {j.axis("site") for j in study.jobs}
-    others = [i for i in study.zones if i.zone not in recorded]
+    recorded = {canonical(j.axis("site")) for j in study.jobs}
+    others = [i for i in study.zones if canonical(i.zone) not in recorded]
     contrast = list(dict.fromkeys(others[k] for k in (0, len(others) // 2, -1))) if others else []
-    header = ["job", "recorded site", *(f"{i.zone} ({fmt(i.g_per_kwh)} g/kWh)" for i in contrast)]
+    header = ["job", "recorded site"]
+    header += [f"{zone_label(i.zone)}, {fmt(i.g_per_kwh)} g/kWh" for i in contrast]
+    label = _labeller(study)
     rows = [
         [
-            job.name,
+            label(job.name),
             _cell(job, PHASES, f"{fmt(job.co2e().value)} ({job.axis('site')})"),
             *(
                 _cell(job, PHASES, fmt(study.priced[job.name][i.zone].co2e().value))
@@ -269,11 +359,14 @@ def _whatif_table(study: Study) -> tuple[list[str], list[list[str]]]:
 
 def _zones_table(study: Study) -> tuple[list[str], list[list[str]]]:
     job = study.reference
-    header = ["zone", "g CO2e/kWh", "period", "kind", "basis", "source", f"kg CO2e of {job.name}"]
+    header = ["zone", "name", "g CO2e/kWh", "period", "kind", "basis", "source"]
+    header.append(f"kg CO2e of {study.short(job.name)}")
     at = study.priced[job.name]
+    recorded = canonical(job.axis("site"))
     rows = [
         [
-            i.zone,
+            i.zone + (" (recorded)" if canonical(i.zone) == recorded else ""),
+            zone_name(i.zone),
             fmt(i.g_per_kwh),
             i.period,
             i.kind,
@@ -329,7 +422,8 @@ def _setup_list(study: Study) -> list[str]:
                 if j.record.get("hardware")
             )
         )
-        + f"; scale {', '.join(sorted({str(j.record['axes'].get('scale')) for j in jobs}))}.",
+        + ".",
+        f"{scale_stamp(jobs)}.",
         "Equivalents: "
         + "; ".join(f"{name} {f['value']:g} ({f['source']})" for name, f in study.factors.items())
         + ".",
@@ -365,12 +459,13 @@ def document(study: Study, figures: list[Figure | Omission], lines: list[str]) -
         if not study.jobs
         else "No headline: every comparison rests on noisy or incomplete numbers."
     )
-    blocks: list[Block] = [
-        ("h1", f"lpm report: {study.sweep.root.name}"),
-        ("ul", _setup_list(study)),
-        ("h2", "Headlines"),
-        ("ul", lines or [none]),
-    ]
+    blocks: list[Block] = [("h1", f"lpm report: {study.sweep.root.name}")]
+    blocks += [("h2", "Setup"), ("ul", _setup_list(study))]
+    if found := assumptions(study.jobs):
+        blocks += [("p", "Assumptions the numbers rest on:"), ("ul", found)]
+    blocks += [("h2", "Headlines"), ("ul", lines or [none])]
+    if lines:
+        blocks += [("p", note) for note in headline_notes(study)]
     if noisy and not study.include_noisy:
         blocks.append(
             ("p", f"Left out of the headlines: noisy {', '.join(noisy)} numbers (marked in the "
@@ -398,9 +493,10 @@ def document(study: Study, figures: list[Figure | Omission], lines: list[str]) -
             ("h2", "Zones"),
             ("table", _zones_table(study)),
         ]  # fmt: skip
-    problems = [[j.name, j.status, j.error or ""] for j in study.sweep.jobs if not j.ok]
+    label = _labeller(study)
+    problems = [[label(j.name), j.status, j.error or ""] for j in study.sweep.jobs if not j.ok]
     problems += [
-        [run, f"{phase} incomplete", f"{why}; kept out of comparisons"]
+        [label(run), f"{phase} incomplete", f"{why}; kept out of comparisons"]
         for run, phase, why in study.excluded()
     ]
     blocks.append(("h2", "Jobs not compared"))
@@ -414,8 +510,12 @@ def document(study: Study, figures: list[Figure | Omission], lines: list[str]) -
 # --- rendering ------------------------------------------------------------------------------------
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _md_cell(cell: str | Label) -> str:
+    return str(cell).replace("|", "\\|").replace("\n", " ")
+
+
+def _caption(figure: Figure) -> str:
+    return f"{figure.stamp}. {figure.caption}" if figure.stamp else figure.caption
 
 
 def markdown(blocks: list[Block]) -> str:
@@ -434,17 +534,33 @@ def markdown(blocks: list[Block]) -> str:
         elif isinstance(body, Omission):
             out.append(f"### {body.title}\n\n*{body.name} omitted: {body.reason}.*")
         else:
-            out.append(f"### {body.title}\n\n![{body.title}]({body.name}.png)\n\n{body.caption}")
+            image = f"![{body.title}]({body.name}.png)"
+            out.append(f"### {body.title}\n\n{image}\n\n{_caption(body)}")
     return "\n\n".join(out) + "\n"
 
 
 STYLE = """
 body{font:15px/1.5 system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}
-th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
-th{background:#f3f3f3} figure{margin:1.5em 0} figure img{max-width:100%;height:auto}
+.table{overflow-x:auto;margin:1em 0}
+table{border-collapse:collapse;font-size:13px}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top;
+overflow-wrap:break-word;max-width:32em}
+th{background:#f3f3f3} td span[title]{text-decoration:underline dotted;cursor:help}
+figure{margin:1.5em 0} figure img{max-width:100%;height:auto}
 figcaption{font-size:13px;color:#444} .omitted{color:#666;font-style:italic}
+.stamp{color:#9e1b1b;font-style:italic} code{font-size:90%;background:#f3f3f3;padding:0 .2em}
 """
+
+
+def _inline(text: str) -> str:
+    """Escaped text with `code` spans as <code> (no Markdown shows through)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _html_cell(cell: str | Label) -> str:
+    if isinstance(cell, Label) and cell.short != cell.full:
+        return f'<td><span title="{html.escape(cell.full)}">{_inline(cell.short)}</span></td>'
+    return f"<td>{_inline(str(cell))}</td>"
 
 
 def _html_figure(body: Figure | Omission, out: Path) -> str:
@@ -458,7 +574,9 @@ def _html_figure(body: Figure | Omission, out: Path) -> str:
     return (
         f'<h3>{e(body.title)}</h3><figure id="{body.name}">'
         f'<img alt="{e(body.title)}" src="data:image/svg+xml;base64,{svg}">'
-        f"<figcaption>{e(body.caption)} Files: "
+        "<figcaption>"
+        + (f'<span class="stamp">{e(body.stamp)}.</span> ' if body.stamp else "")
+        + f"{_inline(body.caption)} Files: "
         f'<a href="{body.name}.png">{body.name}.png</a>, '
         f'<a href="{body.name}.svg">{body.name}.svg</a>.</figcaption></figure>'
     )
@@ -470,16 +588,17 @@ def to_html(blocks: list[Block], out: Path) -> str:
     parts = []
     for kind, body in blocks:
         if kind in ("h1", "h2", "p"):
-            parts.append(f"<{kind}>{e(body)}</{kind}>")
+            parts.append(f"<{kind}>{_inline(body)}</{kind}>")
         elif kind == "ul":
-            parts.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in body) + "</ul>")
+            parts.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in body) + "</ul>")
         elif kind == "table":
             header, rows = body
             head = "".join(f"<th>{e(h)}</th>" for h in header)
-            cells = "".join(
-                "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows
+            cells = "".join("<tr>" + "".join(map(_html_cell, row)) + "</tr>" for row in rows)
+            parts.append(
+                f'<div class="table"><table><thead><tr>{head}</tr></thead>'
+                f"<tbody>{cells}</tbody></table></div>"
             )
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
         else:
             parts.append(_html_figure(body, out))
     title = e(blocks[0][1])

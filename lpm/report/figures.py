@@ -6,12 +6,36 @@ projected budget numbers; `lpm.report.plot` draws them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+import textwrap
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lpm.report.study import Study, fmt, methods, millions, month_spread, pricing
-from lpm.report.sweep import PHASES, TRAINING, Job, matched, off_baseline, pick, sort_key
+from lpm.energy.window import Estimate
+from lpm.report.study import (
+    Study,
+    canonical,
+    fmt,
+    millions,
+    month_spread,
+    provenance,
+    scale_stamp,
+    scaling,
+    work,
+    zone_name,
+)
+from lpm.report.sweep import (
+    AXES,
+    PHASES,
+    TRAINING,
+    Job,
+    dig,
+    matched,
+    off_baseline,
+    pick,
+    sort_key,
+)
 
 KG = "kg CO2e (projected)"
 TITLES = {
@@ -19,8 +43,13 @@ TITLES = {
     "fig2_size": "CO2e by model size, training and synthesis",
     "fig3_site": "Regional differences",
     "fig3_months": "Seasonal differences",
-    "fig4_speedups": "Speed-up techniques: CO2e and time against the baseline",
+    "fig4_speedups": "Speed-up techniques against the baseline",
+    "windows": "Per-window energy of the reference job",
 }
+# A figure's bar panels share one y axis, logarithmic once the values span more than two decades.
+LOG_SPAN = 100.0
+# Time ratios that differ from the CO2e ratios by more than this earn their own panel.
+TIME_DIFFERS = 0.10
 
 
 @dataclass(frozen=True)
@@ -31,6 +60,7 @@ class Bar:
     note: str = ""  # printed above the bar
     noisy: tuple[str, ...] = ()  # phases whose verdict is noisy: drawn faded, outline dashed
     runs: int = 1  # repeats averaged (a pool's mean, its whisker the between-run interval)
+    cluster: int = -1  # bars of one setting side by side share a number (and one tick label)
 
 
 @dataclass(frozen=True)
@@ -53,12 +83,30 @@ class Heatmap:
 
 
 @dataclass(frozen=True)
+class Windows:
+    """One unit's measurement windows in order: the value per iteration of each, the robust
+    estimate with its 95% interval (a band), and the windows it left out as outliers."""
+
+    values: tuple[float, ...]
+    outliers: tuple[int, ...]
+    estimate: float
+    ci: tuple[float, float]
+    mean: float  # plain mean over all windows, outliers included
+    title: str
+    ylabel: str = "J per iteration"
+    noisy: bool = False
+    limit: float | None = None  # the widest stable interval, ± this fraction of the estimate
+
+
+@dataclass(frozen=True)
 class Figure:
     name: str
     title: str
     caption: str
-    panels: tuple[Panel | Heatmap, ...]
+    panels: tuple[Panel | Heatmap | Windows, ...]
     stacked: bool = False  # panels one above the other (shared categories), else side by side
+    log: bool = False  # bar panels on a log axis: then no bar stacks phases (see `arranged`)
+    stamp: str = ""  # the scale the numbers stand for, printed on the figure
 
 
 @dataclass(frozen=True)
@@ -68,34 +116,150 @@ class Omission:
     reason: str
 
 
-def _phase_bar(
+Measure = Callable[[tuple[str, ...]], Estimate]
+
+
+def bar_values(figure: Figure) -> list[float]:
+    """Every positive height the bar panels must show: each phase, each bar's top and upper
+    whisker, each reference line."""
+    out: list[float] = []
+    for panel in figure.panels:
+        if not isinstance(panel, Panel):
+            continue
+        for _, bars in panel.groups:
+            for bar in bars:
+                out += [v for _, v in bar.segments]
+                out.append(sum(v for _, v in bar.segments))
+                out += [bar.ci[1]] if bar.ci else []
+        out += [y for y, _ in panel.refs]
+    return [v for v in out if v > 0]
+
+
+def log_axis(figure: Figure) -> bool:
+    """Whether the figure's bars need a log axis: their heights span more than two decades."""
+    values = bar_values(figure)
+    return bool(values) and max(values) / min(values) > LOG_SPAN
+
+
+def stacks(figure: Figure) -> bool:
+    """Whether any bar stacks more than one phase."""
+    return any(
+        len(bar.segments) > 1
+        for panel in figure.panels
+        if isinstance(panel, Panel)
+        for _, bars in panel.groups
+        for bar in bars
+    )
+
+
+def arranged(build: Callable[[Study, bool], Figure | Omission], study: Study) -> Figure | Omission:
+    """The one rule for every bar figure: phases stack on a linear axis; where the values need a
+    log axis the phases stand side by side instead (stacked on a log axis, a segment's height
+    misstates its share: synthesis at 69% of a total drawn as 20% of the bar)."""
+    figure = build(study, True)
+    if isinstance(figure, Figure) and log_axis(figure):
+        figure = build(study, False)
+        assert isinstance(figure, Figure)
+        return replace(figure, log=True)
+    return figure
+
+
+def _note(value: float, suffix: str, runs: int, noisy: Sequence[str], absolute: str = "") -> str:
+    note = fmt(value, 2 if suffix else 3) + suffix + (f"\n{absolute}" if absolute else "")
+    note += f"\nn={runs}" if runs > 1 else ""
+    return note + ("\nnoisy" if noisy else "")
+
+
+def phase_bars(
     job: Job,
     phases: tuple[str, ...],
+    stack: bool,
+    *,
+    measure: Measure | None = None,
     label: str = "",
     scale: float = 1.0,
-    quantity: str = "co2e",
     suffix: str = "",
-) -> Bar:
-    """One bar stacking `phases` of a job's projected `quantity` (co2e or hours) / `scale`;
-    the note says how many repeats a pooled bar averages, and whether it is noisy."""
-    value = getattr(job, quantity)
-    total = value(phases).scaled(1 / scale)
-    segments = tuple((p, value((p,)).value / scale) for p in phases)
-    noisy = tuple(job.noisy(phases))
+    unit: str = "",
+    split: bool = True,
+) -> tuple[Bar, ...]:
+    """`phases` of a job's projected CO2e (or `measure`) / `scale`: one bar stacking them, or
+    (`stack` false) one bar per phase, or one bar of their total where not `split`. A ratio
+    (`suffix` "×") notes the absolute value in `unit` too; notes say how many repeats a pooled
+    bar averages and whether it is noisy."""
+    measure = measure or job.co2e
     runs = len(job.pooled(phases)) if job.runs else 1
-    note = fmt(total.value) + suffix + (f"\nn={runs}" if runs > 1 else "")
-    note += "\nnoisy" if noisy else ""
-    return Bar(segments, (total.low, total.high), label, note, noisy, runs)
+    bars = []
+    for part in [phases] if stack or not split else [(p,) for p in phases]:
+        total = measure(part)
+        ratio = total.scaled(1 / scale)
+        noisy = tuple(job.noisy(part))
+        absolute = f"{fmt(total.value)} {unit}" if unit else ""
+        segments = tuple((p, measure((p,)).value / scale) for p in part)
+        if len(part) > 1 and not stack:
+            segments, noisy = (("total", ratio.value),), ("total",) if noisy else ()
+        bars.append(
+            Bar(
+                segments,
+                (ratio.low, ratio.high),
+                label,
+                _note(ratio.value, suffix, runs, noisy, absolute),
+                noisy,
+                runs,
+            )
+        )
+    return tuple(bars)
 
 
-def _marks(study: Study, bars: Iterable[Bar]) -> str:
-    """What a caption must say about its bars: noisy ones, pooled ones, phases left out."""
+def total_bar(job: Job, label: str = "") -> Bar:
+    """All phases of a job as one bar ("total"): where only the price differs, every phase
+    scales alike and their shares say nothing new."""
+    total = job.co2e(PHASES)
+    runs = len(job.pooled(PHASES)) if job.runs else 1
+    noisy = ("total",) if job.noisy(PHASES) else ()
+    note = _note(total.value, "", runs, noisy)
+    return Bar((("total", total.value),), (total.low, total.high), label, note, noisy, runs)
+
+
+Entry = tuple[str, Sequence[tuple[str, Sequence[Bar]]]]  # (group, [(bar label, its bars)])
+
+
+def regroup(entries: Sequence[Entry], stack: bool) -> tuple[tuple[str, tuple[Bar, ...]], ...]:
+    """Groups of bars from (group label, [(bar label, bars)]): stacked, each labelled bar under
+    its group; side by side, each labelled setting a cluster of its phase bars, the label under
+    the cluster's middle bar."""
+    out: list[tuple[str, tuple[Bar, ...]]] = []
+    for group, items in entries:
+        if stack or not any(label for label, _ in items):
+            bars = tuple(replace(b, label=label) for label, bars in items for b in bars)
+        else:
+            bars = tuple(
+                replace(b, label=label if j == len(cluster) // 2 else "", cluster=i)
+                for i, (label, cluster) in enumerate(items)
+                for j, b in enumerate(cluster)
+            )
+        out.append((group, bars))
+    return tuple(out)
+
+
+SIDE_BY_SIDE = (
+    " Log axis: phases stand side by side (stacked on a log axis, a segment's height would "
+    "misstate its share)."
+)
+TOTALS = (
+    " Log axis: each setting's total, phases not stacked (on a log axis a segment's height "
+    "would misstate its share)."
+)
+
+
+def _marks(study: Study, bars: Iterable[Bar], log: str = "") -> str:
+    """What a caption must say about its bars: noisy ones, pooled ones, phases left out, and
+    (`log`) how a log axis draws phases."""
     bars = list(bars)
-    out = ""
+    out = log
     if any(b.noisy for b in bars):
         out += (
-            " Faded segments with a dashed outline (bar note 'noisy') are phases whose "
-            "measurement the record calls noisy (reasons under Checks)."
+            " Faded bars with a dashed outline (note 'noisy') are phases whose measurement the "
+            "record calls noisy (reasons under Checks)."
         )
     if any(b.runs > 1 for b in bars):
         out += (
@@ -113,14 +277,6 @@ def describe(job: Job) -> str:
     return f"{str(a['dims']).upper()} {a['model']} model, {a['sampler']} {a['steps']} steps"
 
 
-def _provenance(jobs: Iterable[Job]) -> str:
-    """Energy methods and pricing of `jobs`, each distinct one once."""
-    jobs = list(jobs)
-    energy = "; ".join(dict.fromkeys(methods(j) for j in jobs))
-    priced = "; ".join(dict.fromkeys(pricing(j.record) for j in jobs))
-    return f"Energy: {energy}. Priced at {priced}."
-
-
 def _deviations(study: Study, picked: list[Job], free: tuple[str, ...]) -> str:
     held = [a for a in study.varied if a not in free]
     off = off_baseline(picked, study.base, held)
@@ -128,10 +284,10 @@ def _deviations(study: Study, picked: list[Job], free: tuple[str, ...]) -> str:
 
 
 def _training_and_synthesis(
-    study: Study, free: tuple[str, ...], fixed: dict[str, Any]
-) -> tuple[list[tuple[tuple, tuple[Bar, ...]]], list[Job]]:
-    """Per value of `free`: a training bar and a synthesis bar, each from the job nearest the
-    baseline whose phases had all their meters (the two may differ); and the jobs drawn."""
+    study: Study, free: tuple[str, ...], fixed: dict[str, Any], stack: bool
+) -> tuple[list[tuple[tuple, list[tuple[str, tuple[Bar, ...]]]]], list[Job]]:
+    """Per value of `free`: the training bars and the synthesis bar, each from the job nearest
+    the baseline whose phases had all their meters (the two may differ); and the jobs drawn."""
     training = pick(study.usable(TRAINING), study.base, free, fixed)
     synthesis = pick(study.usable(("synthesis",)), study.base, free, fixed)
     keys = sorted(
@@ -141,25 +297,29 @@ def _training_and_synthesis(
     groups = [
         (
             key,
-            tuple(
-                _phase_bar(picked[key], phases)
+            [
+                ("", phase_bars(picked[key], phases, stack))
                 for picked, phases in ((training, TRAINING), (synthesis, ("synthesis",)))
                 if key in picked
-            ),
+            ],
         )
         for key in keys
     ]
     return groups, list(dict.fromkeys([*training.values(), *synthesis.values()]))
 
 
-def fig1_dims(study: Study) -> Figure | Omission:
+def _bars_of(panels: Iterable[Panel | Heatmap | Windows]) -> list[Bar]:
+    return [b for p in panels if isinstance(p, Panel) for _, bars in p.groups for b in bars]
+
+
+def fig1_dims(study: Study, stack: bool = True) -> Figure | Omission:
     name, title = "fig1_dims", TITLES["fig1_dims"]
     if "dims" not in study.varied:
         return Omission(name, title, f"the sweep did not vary dims (only {study.base['dims']})")
-    groups, picked = _training_and_synthesis(study, ("dims",), {})
-    if not groups:
+    entries, picked = _training_and_synthesis(study, ("dims",), {}, stack)
+    if not entries:
         return Omission(name, title, "no job has complete meter coverage to compare")
-    groups = tuple((str(dims).upper(), bars) for (dims,), bars in groups)
+    groups = regroup([(str(dims).upper(), items) for (dims,), items in entries], stack)
     car, flight = study.factor("car_g_per_km"), 1500 * study.factor("flight_g_per_pkm") / 1000
     budget = study.factor("budget_kg_per_year")
     panel = Panel(
@@ -171,53 +331,66 @@ def fig1_dims(study: Study) -> Figure | Omission:
         ),
         secondary=(f"car km equivalent ({car:g} g CO2/km)", 1000 / car),
     )
+    training = "stacked" if stack else "side by side"
     caption = (
-        "Projected CO2e of training (autoencoder + diffusion, stacked) and of synthesis, "
+        f"Projected CO2e of training (autoencoder and diffusion, {training}) and of synthesis, "
         f"with 95% intervals, per image dimensionality. Held fixed: {study.held(('dims',))}."
         f"{_deviations(study, picked, ('dims',))} References: car "
         f"{car:g} g CO2/km, flight {study.factor('flight_g_per_pkm'):g} g/passenger-km, "
         f"per-capita budget {budget:g} kg/year "
         f"({study.factors['budget_kg_per_year']['source']})."
-        f"{_marks(study, (b for _, bars in groups for b in bars))} {_provenance(picked)}"
+        f"{_marks(study, _bars_of([panel]), '' if stack else SIDE_BY_SIDE)} {provenance(picked)}"
     )
-    return Figure(name, title, caption, (panel,))
+    return Figure(name, title, caption, (panel,), stamp=scale_stamp(picked))
 
 
-def fig2_size(study: Study) -> Figure | Omission:
+def fig2_size(study: Study, stack: bool = True) -> Figure | Omission:
     name, title = "fig2_size", TITLES["fig2_size"]
     if "model" not in study.varied:
         return Omission(name, title, f"the sweep did not vary model (only {study.base['model']})")
     facets = sorted({j.axis("dims") for j in study.jobs}) if "dims" in study.varied else []
     panels, picked_all = [], []
     for dims in facets or [study.base["dims"]]:
-        groups, picked = _training_and_synthesis(study, ("model",), {"dims": dims})
+        entries, picked = _training_and_synthesis(study, ("model",), {"dims": dims}, stack)
         picked_all += picked
-        if not groups:
+        if not entries:
             continue
         params = {j.axis("model"): j.record["params"] for j in picked}
-        labelled = tuple(
+        labelled = [
             (
                 f"{model}\n{millions(params[model]['autoencoder'])} + "
                 f"{millions(params[model]['unet'])}",
-                bars,
+                items,
             )
-            for (model,), bars in groups
-        )
-        panels.append(Panel(labelled, KG, title=str(dims).upper()))
+            for (model,), items in entries
+        ]
+        panels.append(Panel(regroup(labelled, stack), KG, title=str(dims).upper()))
     if not panels:
         return Omission(name, title, "no job has complete meter coverage to compare")
     free = ("model", "dims")
+    training = "stacked" if stack else "side by side"
     caption = (
-        "Projected CO2e of training (autoencoder + diffusion, stacked) and synthesis per model "
-        "size, with 95% intervals; tick labels give the parameters (autoencoder + UNet). "
+        f"Projected CO2e of training (autoencoder and diffusion, {training}) and synthesis per "
+        "model size, with 95% intervals; tick labels give the parameters (autoencoder + UNet). "
         f"Held fixed: {study.held(free)}.{_deviations(study, picked_all, free)}"
-        f"{_marks(study, (b for p in panels for _, bars in p.groups for b in bars))} "
-        f"{_provenance(picked_all)}"
+        f"{_marks(study, _bars_of(panels), '' if stack else SIDE_BY_SIDE)} "
+        f"{provenance(picked_all)}"
     )
-    return Figure(name, title, caption, tuple(panels))
+    return Figure(name, title, caption, tuple(panels), stamp=scale_stamp(picked_all))
 
 
-def fig3_site(study: Study) -> Figure | Omission:
+def _zone(zone: str) -> str:
+    """'DEU\nGermany', or the code alone."""
+    return "\n".join(filter(None, (zone, zone_name(zone))))
+
+
+def _zone_tick(zone: str, g_per_kwh: float, recorded: bool) -> str:
+    """'DEU\nGermany\n381 g/kWh\n(recorded)'."""
+    lines = [zone, zone_name(zone), f"{fmt(g_per_kwh)} g/kWh", "(recorded)" if recorded else ""]
+    return "\n".join(filter(None, lines))
+
+
+def fig3_site(study: Study, stack: bool = True) -> Figure | Omission:
     name, title = "fig3_site", TITLES["fig3_site"]
     where = study.location()
     if study.reference is None:
@@ -226,42 +399,44 @@ def fig3_site(study: Study) -> Figure | Omission:
         why = "; ".join(study.notes) or "fewer than two zones to compare"
         return Omission(name, title, why)
     job, (low, low_kg, high, high_kg) = study.reference, where
-    recorded = job.axis("site")
+    recorded = canonical(job.axis("site"))
     bars = tuple(
-        _phase_bar(
+        total_bar(
             study.priced[job.name][i.zone],
-            PHASES,
-            f"{i.zone}\n{fmt(i.g_per_kwh)} g/kWh" + ("\n(recorded)" if i.zone == recorded else ""),
+            _zone_tick(i.zone, i.g_per_kwh, canonical(i.zone) == recorded),
         )
         for i in study.zones
     )
     factor = high_kg / low_kg
-    panels: list[Panel | Heatmap] = [
-        Panel((("", bars),), KG, f"{describe(job)}, re-priced: up to {fmt(factor, 2)}× by location")
+    panels: list[Panel | Heatmap | Windows] = [
+        Panel((("", bars),), KG, f"{describe(job)}, re-priced at each zone")
     ]
+    shown = [job]
     if "site" in study.varied:
         picked = pick(study.usable(PHASES), study.base, ("site",))
-        site_bars = tuple(_phase_bar(j, PHASES, str(site)) for (site,), j in picked.items())
-        panels.append(Panel((("", site_bars),), KG, "measured at each site (site axis)"))
+        shown += picked.values()
+        site_bars = tuple(total_bar(j, _zone(str(site))) for (site,), j in picked.items())
+        panels.append(Panel((("", site_bars),), KG, "measured at each site"))
     caption = (
-        f"Projected CO2e of all three phases of {job.name} ({describe(job)}) re-priced at each "
-        f"zone's intensity with its recorded PUE {job.record['carbon']['pue']:g}; 95% intervals. "
+        f"Projected CO2e of all three phases of {job.name} ({describe(job)}), one bar each: "
+        f"re-priced at each zone's intensity with its recorded PUE "
+        f"{job.record['carbon']['pue']:g}, every phase scales alike; 95% intervals. "
         f"Location changes emissions up to {fmt(factor, 2)}× ({low.zone} {fmt(low_kg)} kg to "
-        f"{high.zone} {fmt(high_kg)} kg). "
-        "Tick labels give each zone's intensity; its source is in the zones table. "
-        f"Energy: {methods(job)}."
+        f"{high.zone} {fmt(high_kg)} kg). Tick labels give each zone's intensity, the recorded "
+        "zone at the intensity its record was priced with; sources are in the zones table."
         + (
             " The second panel shows the site axis as measured: each site is its own run, so "
             "run-to-run noise adds to the grid's difference."
             if "site" in study.varied
             else ""
         )
-        + _marks(study, (b for p in panels for _, bars in p.groups for b in bars))
+        + _marks(study, _bars_of(panels))
+        + f" {provenance(shown)}"
     )
-    return Figure(name, title, caption, tuple(panels))
+    return Figure(name, title, caption, tuple(panels), stamp=scale_stamp(shown))
 
 
-def fig3_months(study: Study) -> Figure | Omission:
+def fig3_months(study: Study, stack: bool = True) -> Figure | Omission:
     name, title = "fig3_months", TITLES["fig3_months"]
     if study.csv is None:
         return Omission(name, title, "no --csv time series given, so no months to compare")
@@ -276,7 +451,8 @@ def fig3_months(study: Study) -> Figure | Omission:
     rows, values = [], []
     for zone, months in sorted(study.months.items()):
         spread = month_spread(months)
-        rows.append(zone + (f" ({fmt(100 * spread[0], 2)}% spread)" if spread else ""))
+        label = f"{zone} {zone_name(zone)}".strip()
+        rows.append(label + (f" ({fmt(100 * spread[0], 2)}% spread)" if spread else ""))
         values.append(tuple(months[m] * kg_per_g if m in months else None for m in cols))
     seasons = study.seasons()
     top = max(seasons, key=lambda z: seasons[z][0], default=None)
@@ -284,33 +460,92 @@ def fig3_months(study: Study) -> Figure | Omission:
         f"up to {fmt(100 * seasons[top][0], 2)}% by month ({top})" if top else "one month per zone"
     )
     caption = (
-        f"Projected total CO2e of {job.name} per zone and month, priced with the monthly mean "
-        f"intensity of {study.csv.name} and PUE {job.record['carbon']['pue']:g}. Row labels give "
-        "each zone's month-to-month spread, (max − min) / min. Energy: "
-        f"{methods(job)}."
+        f"Projected total CO2e of {job.name} ({describe(job)}) per zone and month, priced with "
+        f"the monthly mean intensity of {study.csv.name} and PUE "
+        f"{job.record['carbon']['pue']:g}. Row labels give each zone's month-to-month spread, "
+        "(max − min) / min."
         + (
             f" Noisy phases: {', '.join(job.noisy())} (reasons under Checks)."
             if job.noisy()
             else ""
         )
+        + f" {provenance([job], priced=False)}"
     )
     heatmap = Heatmap(tuple(rows), cols, tuple(values), KG, f"Time of year: {headline}")
-    return Figure(name, title, caption, (heatmap,))
+    return Figure(name, title, caption, (heatmap,), stamp=scale_stamp([job]))
 
 
 # (label, axes compared together, phases whose CO2e the technique changes)
 TECHNIQUES = (
     ("sampler", ("sampler", "steps"), ("synthesis",)),
     ("precision", ("precision",), PHASES),
+    ("speed flags", ("speed",), PHASES),
     ("GPUs", ("gpus",), PHASES),
 )
 
 
-def speedups(
-    study: Study, headline: bool = False
-) -> list[tuple[str, tuple[str, ...], Job, dict[str, Job]]]:
-    """Per technique the sweep varied: (label, phases, baseline job, setting label → job), over
-    the jobs a comparison (`headline`: a headline) may use."""
+SPEEDUP_AXES = ("sampler", "steps", "precision", "speed", "gpus")
+
+
+@dataclass(frozen=True)
+class Technique:
+    """A speed-up the sweep varied: its settings' jobs, each read against `base_job`."""
+
+    label: str
+    phases: tuple[str, ...]
+    base_job: Job
+    settings: dict[str, Job]  # setting label → job, the baseline's first
+    keys: dict[str, tuple[Any, ...]]  # setting label → its axis values
+    axes: tuple[str, ...] = ()  # the axes the settings differ in
+    how: str = ""  # how the settings compare, where it needs saying (GPU scaling)
+
+    def differs(self, job: Job) -> str:
+        """'sampler=dpmpp, precision=bf16-mixed': the other axes `job` differs from the baseline
+        job in (the figure picks the nearest job where the sweep has no exact match)."""
+        return ", ".join(
+            f"{a}={job.axis(a)}"
+            for a in AXES
+            if a not in (*self.axes, "site") and job.axis(a) != self.base_job.axis(a)
+        )
+
+    def measure(self, job: Job, quantity: str = "co2e") -> Measure:
+        """`job`'s projected `quantity` ("co2e" or "hours") at the baseline's work."""
+        return lambda phases: equal_work(job, self.base_job, phases, quantity)
+
+
+def equal_work(job: Job, base_job: Job, phases: tuple[str, ...], quantity: str) -> Estimate:
+    """`job`'s projected `quantity` of `phases` for the work of `base_job`: each phase scaled by
+    the baseline's samples over the job's. Under weak scaling a 2-GPU job of 150,000 iterations
+    sees twice the training samples of the 1-GPU baseline: per sample seen, it does half the
+    baseline's iterations. Phases whose work a record does not give are taken as they are."""
+    value = getattr(job, quantity)
+    factors = []
+    for phase in phases:
+        mine, theirs = work(job, phase), work(base_job, phase)
+        factors.append(theirs / mine if mine and theirs else 1.0)
+    if all(f == 1.0 for f in factors):
+        return value(phases)
+    total = Estimate(0.0, 0.0, 0.0)
+    for phase, factor in zip(phases, factors, strict=True):
+        total = total + value((phase,)).scaled(factor)
+    return total
+
+
+def gpu_scaling(jobs: Iterable[Job]) -> str:
+    """How GPU-count bars compare: 'weak scaling, per sample seen', or why not."""
+    modes = {scaling(j) for j in jobs}
+    if modes == {"weak"}:
+        return "weak scaling: per sample seen"
+    if modes == {"strong"}:
+        return "strong scaling: same global batch"
+    if None in modes:
+        return "scaling not recorded: as recorded, each its own budget"
+    return "weak and strong scaling mixed: per sample seen"
+
+
+def speedups(study: Study, headline: bool = False) -> list[Technique]:
+    """Per technique the sweep varied: its baseline job and settings, over the jobs a comparison
+    (`headline`: a headline) may use."""
     out = []
     for label, axes, phases in TECHNIQUES:
         free = tuple(a for a in axes if a in study.varied)
@@ -325,7 +560,11 @@ def speedups(
         # numerically (50 < 250 < 1000 steps).
         keys = sorted(picked, key=lambda k: (picked[k] is not base_job, *map(_order, k)))
         named = {_setting(free, k): picked[k] for k in keys}
-        out.append((label, phases, base_job, named))
+        if free in (("sampler",), ("steps",)):
+            label = free[0]
+        how = gpu_scaling(named.values()) if label == "GPUs" else ""
+        keyed = {_setting(free, k): k for k in keys}
+        out.append(Technique(label, phases, base_job, named, keyed, free, how))
     return out
 
 
@@ -339,60 +578,191 @@ def _setting(free: tuple[str, ...], key: tuple[Any, ...]) -> str:
     )
 
 
-def _contradicted(
-    study: Study, found: list[tuple[str, tuple[str, ...], Job, dict[str, Job]]]
-) -> str:
+def _contradicted(study: Study, found: list[Technique]) -> str:
     pairs = [
-        f"{job.name} against {base_job.name}"
-        for _, _, base_job, named in found
-        for job in named.values()
-        if job is not base_job and study.contradicted(job, base_job)
+        f"{job.name} against {t.base_job.name}"
+        for t in found
+        for job in t.settings.values()
+        if job is not t.base_job and study.contradicted(job, t.base_job)
     ]
     if not pairs:
         return ""
     return f" Contradicted by the consistency checks (see Checks): {'; '.join(pairs)}."
 
 
-def fig4_speedups(study: Study) -> Figure | Omission:
+def _by_axis(t: Technique) -> list[tuple[str, list[tuple[str, str]]]]:
+    """A technique's settings as groups of (setting, tick label), numbers ascending: with both
+    sampler and steps varied, one group per sampler, its steps ascending."""
+    what = "synthesis" if t.phases == ("synthesis",) else "all phases"
+    what += f"; {t.how}" if t.how else ""
+    ordered = sorted(t.settings, key=lambda s: tuple(sort_key("", v) for v in t.keys[s]))
+    if len(t.keys[ordered[0]]) < 2:
+        return [(f"{t.label} ({what})", [(s, s) for s in ordered])]
+    samplers: dict[str, list[tuple[str, str]]] = {}
+    for setting in ordered:
+        sampler, steps = t.keys[setting]
+        samplers.setdefault(str(sampler), []).append((setting, f"{steps} steps"))
+    return [(f"{sampler} ({what})", items) for sampler, items in samplers.items()]
+
+
+def _time_panel(jobs: Iterable[Job], co2e: list[Bar], hours: list[Bar]) -> str | None:
+    """Why the time panel is left out (None: draw it): on CPU energy is power × time; elsewhere
+    when the time ratios repeat the CO2e ratios."""
+    if not any(str(dig(j.record, "hardware.accelerator")) in ("cuda", "gpu") for j in jobs):
+        return (
+            "No time panel: on CPU every component's energy is estimated as power × time, so "
+            "the time ratios repeat the CO2e ratios (hours are in the jobs table)."
+        )
+
+    def total(bar: Bar) -> float:
+        return sum(v for _, v in bar.segments)
+
+    if all(
+        abs(total(h) / total(c) - 1) <= TIME_DIFFERS
+        for c, h in zip(co2e, hours, strict=True)
+        if total(c) > 0
+    ):
+        return (
+            f"No time panel: every time ratio is within {TIME_DIFFERS:.0%} of its CO2e ratio "
+            "(hours are in the jobs table)."
+        )
+    return None
+
+
+def fig4_speedups(study: Study, stack: bool = True) -> Figure | Omission:
     name, title = "fig4_speedups", TITLES["fig4_speedups"]
     found = speedups(study)
     if not found:
-        if any(a in study.varied for a in ("sampler", "steps", "precision", "gpus")):
+        if any(a in study.varied for a in SPEEDUP_AXES):
             return Omission(name, title, "no job has complete meter coverage to compare")
-        return Omission(name, title, "the sweep varied none of sampler, steps, precision, gpus")
-    shown = list(dict.fromkeys(j for *_, named in found for j in named.values()))
-    co2e_groups, time_groups = [], []
-    for label, phases, base_job, settings in found:
-        what = "synthesis" if phases == ("synthesis",) else "all phases"
-        ref_kg, ref_h = base_job.co2e(phases).value, base_job.hours(phases).value
-        co2e_bars, time_bars = [], []
-        for setting, job in settings.items():
-            tick = setting + ("\n(baseline)" if job is base_job else "")
-            bar = _phase_bar(job, phases, tick, ref_kg, "co2e", "×")
-            if job is not base_job and study.contradicted(job, base_job):
-                bar = replace(bar, note=bar.note + "\ncheck failed")
-            co2e_bars.append(bar)
-            time_bars.append(_phase_bar(job, phases, tick, ref_h, "hours", "×"))
-        group = f"{label} ({what})"
-        co2e_groups.append((group, tuple(co2e_bars)))
-        time_groups.append((group, tuple(time_bars)))
-    baseline = ", ".join(f"{a}={study.base[a]}" for a in ("sampler", "steps", "precision", "gpus"))
-    panels = (
-        Panel(tuple(co2e_groups), "CO2e, × baseline", "CO2e (projected)", unity=True),
-        Panel(tuple(time_groups), "time, × baseline", "time (projected)", unity=True),
-    )
+        why = f"the sweep varied none of {', '.join(SPEEDUP_AXES)}"
+        return Omission(name, title, why)
+    shown = list(dict.fromkeys(j for t in found for j in t.settings.values()))
+    co2e_entries: list[Entry] = []
+    time_entries: list[Entry] = []
+    for t in found:
+        ref_kg = t.base_job.co2e(t.phases).value
+        ref_h = t.base_job.hours(t.phases).value
+        for group, settings in _by_axis(t):
+            co2e_items, time_items = [], []
+            for setting, tick in settings:
+                job = t.settings[setting]
+                tick += "\n(baseline)" if job is t.base_job else ""
+                if t.differs(job):  # wrapped: a tick is as narrow as its longest line
+                    tick += "\n" + textwrap.fill(f"(+ {t.differs(job)})", 24)
+                bars = phase_bars(
+                    job, t.phases, stack, measure=t.measure(job), scale=ref_kg, suffix="×",
+                    unit="kg", split=False,
+                )  # fmt: skip
+                if job is not t.base_job and study.contradicted(job, t.base_job):
+                    bars = tuple(replace(b, note=b.note + "\ncheck failed") for b in bars)
+                co2e_items.append((tick, bars))
+                time_items.append(
+                    (
+                        tick,
+                        phase_bars(
+                            job, t.phases, stack, measure=t.measure(job, "hours"), scale=ref_h,
+                            suffix="×", unit="h", split=False,
+                        ),
+                    )
+                )  # fmt: skip
+            co2e_entries.append((group, co2e_items))
+            time_entries.append((group, time_items))
+    co2e = Panel(regroup(co2e_entries, stack), "CO2e, × baseline", "CO2e (projected)", unity=True)
+    hours = Panel(regroup(time_entries, stack), "time, × baseline", "time (projected)", unity=True)
+    why_not = _time_panel(shown, _bars_of([co2e]), _bars_of([hours]))
+    baseline = ", ".join(f"{a}={study.base[a]}" for a in SPEEDUP_AXES)
+    gpus = next((t for t in found if t.label == "GPUs"), None)
     caption = (
-        f"Projected CO2e and time of each setting divided by the baseline's ({baseline}); "
-        "synthesis only for the sampler and step count, all phases for precision and GPU count; "
-        "whiskers: the setting's 95% interval over the baseline's mean. Held fixed: "
-        f"{study.held(('sampler', 'steps', 'precision', 'gpus'))}. Absolute values are in the "
-        f"jobs table.{_marks(study, (b for _, bars in co2e_groups for b in bars))}"
-        f"{_contradicted(study, found)} {_provenance(shown)}"
+        f"Projected {'CO2e' if why_not else 'CO2e and time'} of each setting divided by the "
+        f"baseline's ({baseline}), the absolute value under each ratio; synthesis only for the "
+        "sampler and step count (one group per sampler, steps ascending), all phases for "
+        "precision and GPU count; whiskers: the setting's 95% interval over the baseline's "
+        f"value; a tick names any other axis its job differs in. Held fixed: "
+        f"{study.held(SPEEDUP_AXES)}."
+        + (
+            " GPU counts compare equal work: under weak scaling each GPU takes its own batch, so "
+            "a 2-GPU job of the same iterations sees twice the training samples; its training is "
+            "scaled to the baseline's samples seen (per sample seen). Scaling: "
+            f"{gpu_scaling(gpus.settings.values())}."
+            if gpus
+            else ""
+        )
+        + (f" {why_not}" if why_not else "")
+        + _marks(study, _bars_of([co2e]), "" if stack else TOTALS)
+        + f"{_contradicted(study, found)} {provenance(shown)}"
     )
-    return Figure(name, title, caption, panels, stacked=True)
+    panels = (co2e,) if why_not else (co2e, hours)
+    return Figure(name, title, caption, panels, stacked=True, stamp=scale_stamp(shown))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60] or "job"
+
+
+def windows(study: Study, stack: bool = True) -> Figure | Omission:
+    """The picture behind the reference job's verdicts: each unit's windows (J per iteration),
+    the robust estimate with its interval, the outliers it left out."""
+    name, title = "windows", TITLES["windows"]
+    job = study.reference
+    if job is None:
+        return Omission(name, title, "no job has complete meter coverage")
+    run = (job.pooled(PHASES) or [job])[0] if job.runs else job
+    panels = []
+    reasons = []
+    limit = dig(run.record, "job.noise_rules.max_rel_half_width")
+    for phase in PHASES:
+        for unit, m in (dig(run.record, f"phases.{phase}.measured.units") or {}).items():
+            rows, joules = m.get("per_window"), m.get("joules_per_iteration")
+            if not rows or not isinstance(joules, dict) or "value" not in joules:
+                continue
+            verdict = (m.get("verdict") or {}).get("status", "unknown")
+            value = joules["value"]
+            low, high = joules.get("ci95") or (value, value)
+            spread = f", ±{fmt(100 * (high - low) / 2 / value, 2)}%" if value else ""
+            panels.append(
+                Windows(
+                    tuple(j / it for it, _, j in rows if it),
+                    tuple(m.get("outliers") or ()),
+                    value,
+                    (low, high),
+                    joules.get("mean", value),
+                    f"{phase}: {unit} ({verdict}{spread})",
+                    noisy=verdict == "noisy",
+                    limit=limit,
+                )
+            )
+            reasons += [f"{phase} {unit}: {r}" for r in (m.get("verdict") or {}).get("reasons", ())]
+    if not panels:
+        return Omission(name, title, f"{job.name}'s record has no per-window measurements")
+    which = f"{run.name} (the first of its {len(job.runs)} repeats)" if job.runs else run.name
+    caption = (
+        f"Energy per iteration of each measurement window of {which} ({describe(job)}), in "
+        "window order: dots are windows, crosses the outliers the estimate left out (kept in "
+        "the record), the line the robust estimate with its 95% interval as a band, the dashed "
+        "line the plain mean of all windows"
+        + (
+            f", dotted lines the widest interval a stable verdict allows (±{fmt(100 * limit)}%)"
+            if limit
+            else ""
+        )
+        + ". A band inside those lines, with no drift and few outliers, makes a stable verdict; "
+        + (f"here: {'; '.join(reasons)}." if reasons else "here every unit is stable.")
+        + f" {provenance([run])}"
+    )
+    return Figure(
+        f"windows_{_slug(study.short(job.name))}",
+        f"{title}: {describe(job)}",
+        caption,
+        tuple(panels),
+        stamp=scale_stamp([job]),
+    )
+
+
+BUILDERS = (fig1_dims, fig2_size, fig3_site, fig3_months, fig4_speedups, windows)
 
 
 def figures(study: Study) -> list[Figure | Omission]:
     if not study.jobs:
         return [Omission(name, title, "no job finished ok") for name, title in TITLES.items()]
-    return [f(study) for f in (fig1_dims, fig2_size, fig3_site, fig3_months, fig4_speedups)]
+    return [arranged(build, study) for build in BUILDERS]

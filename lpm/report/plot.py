@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lpm.report.figures import Bar, Figure, Heatmap, Panel
+from lpm.report.figures import Bar, Figure, Heatmap, Panel, Windows, stacks
 from lpm.report.study import fmt
 
 # Okabe & Ito's colour-blind-safe palette; the two training phases share a hue, and hatching
@@ -21,16 +22,20 @@ PHASE_STYLE = {
     "autoencoder": ("#0072B2", "//", "training: autoencoder"),
     "diffusion": ("#56B4E9", "\\\\", "training: diffusion"),
     "synthesis": ("#D55E00", "", "synthesis"),
+    "total": ("#009E73", "", "all phases"),
 }
 # A phase whose verdict is noisy: faded, with a dashed outline (the legend says so).
 NOISY_STYLE = {"alpha": 0.45, "edgecolor": "black", "lw": 0.8, "ls": "--"}
 PLAIN_STYLE = {"edgecolor": "white", "lw": 0.5}
 GAP = 0.6  # space between groups, in bar widths
+ROTATION = 45  # degrees, for tick labels too wide to stand side by side
+ROTATED_CHARS = 34  # longest line of a rotated tick label
 CHAR_IN = 0.065  # width of one tick-label character at 8 pt, inches
 TITLE_CHAR_IN = 0.1  # the same for the 11 pt bold title
 LEGEND_ENTRY_IN = 1.9
 MAX_WIDTH_IN = 14.0
-LOG_SPAN = 100.0  # log scale once the values span more than two decades
+STAMP_COLOR = "#9E1B1B"  # the scale stamp: CPU-scale toys must not pass for the study's numbers
+OUTLIER_COLOR = "#D55E00"
 RC = {
     "font.size": 9,
     "axes.spines.top": False,
@@ -45,25 +50,59 @@ def _text_in(label: str) -> float:
     return CHAR_IN * max(map(len, label.split("\n")))
 
 
+def _cluster_size(bars: Sequence[Bar], bar: Bar) -> int:
+    return sum(b.cluster == bar.cluster for b in bars) if bar.cluster >= 0 else 1
+
+
 def _slot_in(panel: Panel) -> float:
-    """Inches per bar: wide enough for the tick labels, the bars' or else the groups'."""
-    need = [_text_in(b.label) + 0.15 for _, bars in panel.groups for b in bars if b.label]
+    """Inches per bar: wide enough for the tick labels (a cluster's label spans its bars), the
+    bars' or else the groups'."""
+    need = [
+        (_text_in(b.label) + 0.15) / _cluster_size(bars, b)
+        for _, bars in panel.groups
+        for b in bars
+        if b.label
+    ]
     if not need:
         need = [(_text_in(g) + 0.3) / len(bars) for g, bars in panel.groups]
     return max(0.45, *need)
 
 
 def _panel_width(panel: Panel) -> float:
-    slots = sum(len(bars) for _, bars in panel.groups) + GAP * (len(panel.groups) - 1)
+    slots = _positions(panel)[-1][0] + 1 if panel.groups else 1
     return 1.6 + slots * _slot_in(panel) + (0.9 if panel.secondary else 0)
 
 
+def _group_labels(panel: Panel) -> list[str]:
+    """Group labels above bars, wrapped to their group's width (neighbours must not overlap)."""
+    slot = _slot_in(panel)
+    return [
+        textwrap.fill(group, max(8, int(len(bars) * slot / (CHAR_IN * 1.1))))
+        for group, bars in panel.groups
+    ]
+
+
 def _positions(panel: Panel) -> list[tuple[float, Bar]]:
+    """Each bar's x: one unit apart, clusters of a setting half a gap apart, groups a gap."""
     out, x = [], 0.0
     for _, bars in panel.groups:
-        out += [(x + i, b) for i, b in enumerate(bars)]
-        x += len(bars) + GAP
+        for i, bar in enumerate(bars):
+            if i and bar.cluster != bars[i - 1].cluster:
+                x += GAP / 2
+            out.append((x, bar))
+            x += 1
+        x += GAP
     return out
+
+
+def _group_span(panel: Panel) -> list[tuple[float, float]]:
+    """Each group's first and last bar position."""
+    placed = iter(_positions(panel))
+    spans = []
+    for _, bars in panel.groups:
+        xs = [next(placed)[0] for _ in bars]
+        spans.append((xs[0], xs[-1]))
+    return spans
 
 
 def _plain(value: float, _: Any) -> str:
@@ -71,19 +110,19 @@ def _plain(value: float, _: Any) -> str:
     return f"{value:,g}"
 
 
-def _scale(panels: Sequence[Panel]) -> tuple[bool, float, float]:
-    """One y scale for a figure's bar panels (log when the values span more than two decades)
-    and its limits."""
+def _scale(panels: Sequence[Panel], log: bool) -> tuple[bool, float, float]:
+    """One y scale for a figure's bar panels (`Figure.log` decides log or linear) and its
+    limits."""
     bars = [b for p in panels for _, group in p.groups for b in group]
     values = [sum(v for _, v in b.segments) for b in bars] + [b.ci[1] for b in bars if b.ci]
     values = [v for v in values + [y for p in panels for y, _ in p.refs] if v > 0]
     if not values:
         return False, 0.0, 1.0
-    if max(values) / min(values) <= LOG_SPAN:
+    if not log:
         return False, 0.0, max(values) * 1.18  # headroom for the notes above the bars
-    # Down to the smallest segment's top, so that every stacked segment shows.
-    tops = [t for b in bars for t in itertools.accumulate(v for _, v in b.segments) if t > 0]
-    return True, min(tops) / 3, max(values) * 4
+    # Down to the lowest bar, so that every bar shows.
+    heights = [v for b in bars for _, v in b.segments if v > 0]
+    return True, min(heights) / 3, max(values) * 4
 
 
 def _bars(ax: Any, placed: list[tuple[float, Bar]]) -> None:
@@ -112,7 +151,9 @@ def _bars(ax: Any, placed: list[tuple[float, Bar]]) -> None:
         )
 
 
-def _panel(ax: Any, panel: Panel, scale: tuple[bool, float, float], rotate: bool) -> None:
+def _panel(
+    ax: Any, panel: Panel, scale: tuple[bool, float, float], rotate: bool, width: float
+) -> None:
     """A bar panel: bars, y scale, reference lines, tick and group labels."""
     from matplotlib.ticker import FuncFormatter
 
@@ -138,13 +179,13 @@ def _panel(ax: Any, panel: Panel, scale: tuple[bool, float, float], rotate: bool
             right.yaxis.set_major_formatter(FuncFormatter(_plain))
 
     labelled = any(b.label for _, b in placed)
-    starts = [0.0]
-    for _, bars in panel.groups:
-        starts.append(starts[-1] + len(bars) + GAP)
-    centers = [(start + end - GAP - 1) / 2 for start, end in itertools.pairwise(starts)]
+    spans = _group_span(panel)
+    centers = [(first + last) / 2 for first, last in spans]
     if labelled:
-        ax.set_xticks([x for x, _ in placed], [b.label for _, b in placed], fontsize=8)
-        for (group, _), center in zip(panel.groups, centers, strict=True):
+        ticks = [_tick(b.label, rotate) for _, b in placed]
+        ax.set_xticks([x for x, _ in placed], ticks, fontsize=8)
+        ax.tick_params(axis="x", length=0)  # ticks under unlabelled bars of a cluster say nothing
+        for group, center in zip(_group_labels(panel), centers, strict=True):
             ax.text(
                 center,
                 1.01,
@@ -155,18 +196,58 @@ def _panel(ax: Any, panel: Panel, scale: tuple[bool, float, float], rotate: bool
                 fontsize=8,
                 weight="bold",
             )
-        for boundary in starts[1:-1]:
-            ax.axvline(boundary - (GAP + 1) / 2, color="0.8", lw=0.8)
+        for (_, last), (first, _) in itertools.pairwise(spans):
+            ax.axvline((last + first) / 2, color="0.8", lw=0.8)
     else:
-        ax.set_xticks(centers, [g for g, _ in panel.groups], fontsize=8)
+        ax.set_xticks(centers, [_tick(g, rotate) for g, _ in panel.groups], fontsize=8)
     if rotate:
-        ax.tick_params(axis="x", labelrotation=30)
+        ax.tick_params(axis="x", labelrotation=ROTATION)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
-    ax.set_xlim(-0.7, starts[-1] - GAP - 0.3)
+            label.set_rotation_mode("anchor")
+    ax.set_xlim(-0.7, spans[-1][1] + 0.7)
     ax.set_ylabel(panel.ylabel)
-    grouped_above = labelled and any(g for g, _ in panel.groups)
-    ax.set_title(panel.title, pad=18 if grouped_above else 6, fontsize=9)
+    above = max((g.count("\n") + 1 for g in _group_labels(panel) if g), default=0)
+    pad = 6 + 12 * above if labelled else 6
+    ax.set_title(_wrap(panel.title, width), pad=pad, fontsize=9)
+
+
+def _tick(label: str, rotate: bool) -> str:
+    """A tick label; rotated, its lines joined and rewrapped to a few long ones (a rotated
+    stack of short lines is hard to read, one very long line wastes the figure's height)."""
+    flat = label.replace("\n", " ")
+    return textwrap.fill(flat, ROTATED_CHARS, break_long_words=False) if rotate else label
+
+
+def _wrap(text: str, width_in: float, char_in: float = CHAR_IN * 1.15) -> str:
+    """`text` broken into lines that fit `width_in` inches (titles must never be clipped)."""
+    return textwrap.fill(text, max(12, int(width_in / char_in))) if text else text
+
+
+def _windows(ax: Any, panel: Windows) -> None:
+    """Each window's value in order (outliers as crosses), the estimate with its band."""
+    x = range(1, len(panel.values) + 1)
+    kept = [(i + 1, v) for i, v in enumerate(panel.values) if i not in panel.outliers]
+    out = [(i + 1, v) for i, v in enumerate(panel.values) if i in panel.outliers]
+    low, high = panel.ci
+    ax.axhspan(low, high, color="#0072B2", alpha=0.18, lw=0, label="95% interval")
+    ax.axhline(panel.estimate, color="#0072B2", lw=1.5, label="robust estimate")
+    ax.axhline(panel.mean, color="0.4", lw=1, ls=(0, (4, 3)), label="mean of all windows")
+    if panel.limit:
+        for bound in (1 - panel.limit, 1 + panel.limit):
+            ax.axhline(panel.estimate * bound, color="#0072B2", lw=0.8, ls=":")
+    if kept:
+        ax.plot(*zip(*kept, strict=True), "o", color="black", ms=5, label="window")
+    if out:
+        ax.plot(*zip(*out, strict=True), "x", color=OUTLIER_COLOR, ms=8, mew=2, label="outlier")
+    values = [*panel.values, low, high, panel.mean, panel.estimate * (1 + (panel.limit or 0))]
+    top = max(values)
+    ax.set_ylim(0, top * 1.12 if top > 0 else 1)
+    ax.set_xlim(0.5, len(panel.values) + 0.5)
+    ax.set_xticks(list(x))
+    ax.set_xlabel("window")
+    ax.set_ylabel(panel.ylabel)
+    ax.set_title(panel.title, fontsize=9, color=STAMP_COLOR if panel.noisy else "black")
 
 
 def _heatmap(fig: Any, ax: Any, heatmap: Heatmap) -> None:
@@ -200,29 +281,126 @@ def _heatmap(fig: Any, ax: Any, heatmap: Heatmap) -> None:
     ax.spines[:].set_visible(False)
 
 
+def _panel_size(panel: Panel | Heatmap | Windows) -> tuple[float, float]:
+    if isinstance(panel, Panel):
+        above = max((g.count("\n") for g in _group_labels(panel)), default=0)
+        return _panel_width(panel), 4.2 + 0.12 * _lines(panel) + 0.17 * above
+    if isinstance(panel, Heatmap):
+        return 3.4 + 0.6 * len(panel.cols), 1.6 + 0.4 * len(panel.rows)
+    return 1.6 + 0.35 * len(panel.values), 2.6
+
+
+def _labels(panel: Panel) -> list[str]:
+    return [b.label for _, bars in panel.groups for b in bars] + [g for g, _ in panel.groups]
+
+
+def _lines(panel: Panel) -> int:
+    """Extra lines of tick labels beyond one (zone ticks carry name and intensity)."""
+    return max((label.count("\n") for label in _labels(panel)), default=0)
+
+
+def _grid(figure: Figure) -> tuple[int, int]:
+    """Rows and columns of panels: one column when stacked, a grid of two columns for more than
+    two windows panels, else one row."""
+    n = len(figure.panels)
+    if figure.stacked:
+        return n, 1
+    if n > 2 and all(isinstance(p, Windows) for p in figure.panels):
+        return math.ceil(n / 2), 2
+    return 1, n
+
+
 def _size(figure: Figure) -> tuple[float, float, list[float], bool]:
     """Figure width and height (inches), each panel's share of it, and whether tick labels
     must be rotated to fit."""
-    widths = [
-        _panel_width(p) if isinstance(p, Panel) else 2.8 + 0.6 * len(p.cols) for p in figure.panels
-    ]
-    heights = [4.2 if isinstance(p, Panel) else 1.6 + 0.4 * len(p.rows) for p in figure.panels]
-    if figure.stacked:
-        width, height, shares = max(widths), sum(heights), heights
+    sizes = [_panel_size(p) for p in figure.panels]
+    rows, cols = _grid(figure)
+    if cols == 1:
+        width, height = max(w for w, _ in sizes), sum(h for _, h in sizes)
+        shares = [h for _, h in sizes]
+    elif rows == 1:
+        width, height = sum(w for w, _ in sizes), max(h for _, h in sizes)
+        shares = [w for w, _ in sizes]
     else:
-        width, height, shares = sum(widths), max(heights), widths
+        width = cols * max(w for w, _ in sizes)
+        height, shares = rows * max(h for _, h in sizes), []
     rotate = width > MAX_WIDTH_IN
-    width = max(width, TITLE_CHAR_IN * len(figure.title) + 0.5)
-    return min(width, MAX_WIDTH_IN), height + (0.8 if rotate else 0) + 0.6, shares, rotate
+    ticks = [
+        _tick(label, True) for p in figure.panels if isinstance(p, Panel) for label in _labels(p)
+    ]
+    # Wide enough for the title and the scale stamp; the title wraps beyond the maximum.
+    width = max(width, TITLE_CHAR_IN * len(figure.title) + 0.5, CHAR_IN * len(figure.stamp) + 0.5)
+    lines = [line for tick in ticks for line in tick.split("\n")]
+    deepest = max((t.count("\n") for t in ticks), default=0)
+    extra = 0.2 + 0.75 * CHAR_IN * max(map(len, lines), default=0) + 0.15 * deepest
+    extra = extra if rotate else 0
+    extra += 0.25 * (TITLE_CHAR_IN * len(figure.title) > MAX_WIDTH_IN - 0.5)
+    return min(width, MAX_WIDTH_IN), height + extra + 0.6 + 0.3 * bool(figure.stamp), shares, rotate
 
 
-def _legend(fig: Any, panels: Sequence[Panel | Heatmap]) -> None:
+def _windows_legend(panels: Sequence[Windows]) -> list[Any]:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list[Any] = [
+        Line2D([], [], color="black", marker="o", ls="", ms=5, label="window"),
+        Line2D([], [], color="#0072B2", lw=1.5, label="robust estimate"),
+        Patch(facecolor="#0072B2", alpha=0.18, label="its 95% interval"),
+        Line2D([], [], color="0.4", lw=1, ls=(0, (4, 3)), label="mean of all windows"),
+    ]
+    if any(p.limit for p in panels):
+        limit = max(p.limit or 0 for p in panels)
+        handles.append(
+            Line2D([], [], color="#0072B2", lw=0.8, ls=":", label=f"stable limit ±{limit:.0%}")
+        )
+    if any(p.outliers for p in panels):
+        handles.insert(
+            1,
+            Line2D(
+                [],
+                [],
+                color=OUTLIER_COLOR,
+                marker="x",
+                ls="",
+                ms=8,
+                mew=2,
+                label="outlier, left out",
+            ),
+        )
+    return handles
+
+
+def _legend(fig: Any, panels: Sequence[Panel | Heatmap | Windows], stamp: str) -> None:
+    """The legend under the panels, the scale stamp as its title (or alone where there is no
+    legend): on the picture itself wherever it is pasted, in its own colour."""
+    handles = _handles(panels)
+    if not handles:
+        if stamp:
+            fig.supxlabel(stamp, fontsize=8.5, color=STAMP_COLOR, style="italic")
+        return
+    ncol = max(1, min(len(handles), int(fig.get_figwidth() / LEGEND_ENTRY_IN)))
+    legend = fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=ncol,
+        frameon=False,
+        fontsize=8,
+        title=stamp or None,
+        title_fontproperties={"size": 8.5, "style": "italic"},
+    )
+    legend.get_title().set_color(STAMP_COLOR)
+
+
+def _handles(panels: Sequence[Panel | Heatmap | Windows]) -> list[Any]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     bars = [b for p in panels if isinstance(p, Panel) for _, group in p.groups for b in group]
+    shown = [p for p in panels if isinstance(p, Windows)]
+    if shown:
+        return _windows_legend(shown)
     if not bars:
-        return
+        return []
     phases = [p for p in PHASE_STYLE if any(p == s for b in bars for s, _ in b.segments)]
     handles: list[Any] = [
         Patch(
@@ -238,31 +416,51 @@ def _legend(fig: Any, panels: Sequence[Panel | Heatmap]) -> None:
         handles.append(Line2D([], [], color="black", marker="_", markersize=8, lw=1, label=label))
     if any(b.noisy for b in bars):
         handles.append(Patch(facecolor="0.6", **NOISY_STYLE, label="noisy verdict"))
-    ncol = max(1, min(len(handles), int(fig.get_figwidth() / LEGEND_ENTRY_IN)))
-    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False, fontsize=8)
+    return handles
+
+
+def render(figure: Figure) -> Any:
+    """The matplotlib figure for a spec (call inside `matplotlib.rc_context(RC)`).
+
+    Raises:
+        ValueError: a spec that stacks phases on a log axis (see `figures.arranged`).
+    """
+    from matplotlib.figure import Figure as MplFigure
+
+    if figure.log and stacks(figure):
+        raise ValueError(f"{figure.name}: stacked phases on a log axis misstate their shares")
+    width, height, shares, rotate = _size(figure)
+    fig = MplFigure(figsize=(width, height), layout="constrained")
+    rows, cols = _grid(figure)
+    if rows > 1 and cols > 1:
+        grid = fig.subplots(rows, cols, squeeze=False)
+    elif cols == 1:
+        grid = fig.subplots(rows, 1, squeeze=False, height_ratios=shares)
+    else:
+        grid = fig.subplots(1, cols, squeeze=False, width_ratios=shares)
+    axes = list(grid.flat)
+    for spare in axes[len(figure.panels) :]:
+        spare.set_visible(False)
+    scale = _scale([p for p in figure.panels if isinstance(p, Panel)], figure.log)
+    for i, (ax, panel) in enumerate(zip(axes, figure.panels, strict=False)):
+        if isinstance(panel, Heatmap):
+            _heatmap(fig, ax, panel)
+        elif isinstance(panel, Windows):
+            _windows(ax, panel)
+        else:
+            share = shares[i] / sum(shares) if rows == 1 else 1.0
+            _panel(ax, panel, scale, rotate, width * share)
+    fig.suptitle(_wrap(figure.title, width, TITLE_CHAR_IN), fontsize=11, weight="bold")
+    _legend(fig, figure.panels, _wrap(figure.stamp, width))
+    return fig
 
 
 def draw(figure: Figure, out: Path) -> list[Path]:
     """Write `<out>/<name>.png` and `.svg`; return their paths."""
     import matplotlib
-    from matplotlib.figure import Figure as MplFigure
 
     with matplotlib.rc_context(RC):
-        width, height, shares, rotate = _size(figure)
-        fig = MplFigure(figsize=(width, height), layout="constrained")
-        n = len(figure.panels)
-        if figure.stacked:
-            axes = fig.subplots(n, 1, squeeze=False, height_ratios=shares).flat
-        else:
-            axes = fig.subplots(1, n, squeeze=False, width_ratios=shares).flat
-        scale = _scale([p for p in figure.panels if isinstance(p, Panel)])
-        for ax, panel in zip(axes, figure.panels, strict=True):
-            if isinstance(panel, Heatmap):
-                _heatmap(fig, ax, panel)
-            else:
-                _panel(ax, panel, scale, rotate)
-        fig.suptitle(figure.title, fontsize=11, weight="bold")
-        _legend(fig, figure.panels)
+        fig = render(figure)
         paths = [out / f"{figure.name}.png", out / f"{figure.name}.svg"]
         fig.savefig(paths[0], dpi=150)
         fig.savefig(paths[1], metadata={"Date": None})  # reproducible files

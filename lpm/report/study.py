@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from lpm.carbon.equivalents import Factors
 from lpm.carbon.intensity import (
+    ISO2_TO_ISO3,
     CountryTable,
     CsvSeries,
     Intensity,
@@ -20,8 +23,8 @@ from lpm.carbon.intensity import (
     annual_tables,
     with_fallback,
 )
-from lpm.price import reprice
-from lpm.report.sweep import PHASES, Job, Sweep, baseline, dig, pick, pool, varied
+from lpm.price import priced_at
+from lpm.report.sweep import PHASES, TRAINING, Job, Sweep, baseline, dig, pick, pool, varied
 
 if TYPE_CHECKING:
     from lpm.report.checks import Check
@@ -65,6 +68,115 @@ def methods(job: Job) -> str:
     return "; ".join(f"{', '.join(c)}: {m}" for m, c in by_method.items()) or "no meter recorded"
 
 
+def canonical(zone: str) -> str:
+    """One name per grid: a country's ISO-2 code (DE) as its ISO-3 (DEU), as the sources do."""
+    key = zone.strip().upper()
+    return ISO2_TO_ISO3.get(key, key)
+
+
+@functools.cache
+def zone_name(zone: str) -> str:
+    """'Germany' for DEU or DE; '' for a zone the country table does not name (US-CA, SE3)."""
+    try:
+        return CountryTable().name(zone) or ""
+    except ModuleNotFoundError:  # the table ships with codecarbon
+        return ""
+
+
+def zone_label(zone: str) -> str:
+    """'DEU (Germany)', or the code alone."""
+    name = zone_name(zone)
+    return f"{zone} ({name})" if name else zone
+
+
+def recorded_intensity(record: dict[str, Any]) -> Intensity:
+    """The intensity a record was priced with."""
+    c = record["carbon"]
+    return Intensity(
+        float(c["intensity_g_per_kwh"]),
+        c["zone"],
+        str(c["period"]),
+        c["intensity_source"],
+        c.get("intensity_kind") or "annual",
+        c.get("intensity_basis") or "unknown",
+        c.get("fallback"),
+    )
+
+
+def _size(image_size: Any) -> str:
+    """'32³', '256²', '144×176×112'."""
+    if not isinstance(image_size, (list, tuple)) or not image_size:
+        return "?"
+    if len(set(image_size)) == 1 and len(image_size) in (2, 3):
+        return f"{image_size[0]}{'²' if len(image_size) == 2 else '³'}"
+    return "×".join(map(str, image_size))
+
+
+def scale_stamp(jobs: Iterable[Job]) -> str:
+    """What networks stand behind `jobs`' numbers: 'CPU scale: 32³ images, 0.48 M parameters —
+    not the study's networks' (CPU-scale toys must not be quoted as the cost of a 3D LDM)."""
+    jobs = list(jobs)
+    scales = sorted({str(dig(j.record, "axes.scale") or "unrecorded") for j in jobs})
+    shapes = {tuple(dig(j.record, "axes.image_size") or ()) for j in jobs}
+    sizes = [_size(list(s)) for s in sorted(shapes, key=lambda s: (len(s), s))]
+    params = sorted({_params(j) for j in jobs})
+    shown = [fmt(p / 1e6, 2) for p in params]
+    counts = " and ".join(shown) if len(shown) < 3 else f"{shown[0]}–{shown[-1]}"
+    what = f"{' and '.join(sizes)} images, {counts} M parameters"
+    if scales == ["cpu"]:
+        return f"CPU scale: {what} — not the study's networks"
+    if scales == ["paper"]:
+        return f"paper scale: {what}"
+    cpu = " — CPU-scale numbers are not the study's networks" if "cpu" in scales else ""
+    return f"scale {', '.join(scales)}: {what}{cpu}"
+
+
+def _params(job: Job) -> int:
+    """Autoencoder plus UNet parameters."""
+    return sum(int(v) for v in (dig(job.record, "params") or {}).values())
+
+
+def assumptions(jobs: Iterable[Job]) -> list[str]:
+    """Every distinct assumption the records' numbers rest on, in order of first mention."""
+    found: dict[str, None] = {}
+    for job in jobs:
+        for run in job.runs or (job,):
+            found |= dict.fromkeys(str(a) for a in dig(run.record, "assumptions") or ())
+    return list(found)
+
+
+def provenance(jobs: Iterable[Job], priced: bool = True) -> str:
+    """Where the numbers of `jobs` come from, each distinct one once: the price (zone, period,
+    intensity, source, PUE; unless not `priced`), the energy methods and how many assumptions
+    they rest on."""
+    jobs = list(jobs)
+    price = "; ".join(dict.fromkeys(pricing(j.record) for j in jobs))
+    energy = "; ".join(dict.fromkeys(methods(j) for j in jobs))
+    n = len(assumptions(jobs))
+    rests = f" Rests on {count(n, 'assumption')} (listed under Setup)." if n else ""
+    return (f"Priced at {price}. " if priced else "") + f"Energy: {energy}.{rests}"
+
+
+def scaling(job: Job) -> str | None:
+    """'weak' or 'strong' as recorded (`axes.scaling`); None in records that predate it."""
+    return dig(job.record, "axes.scaling")
+
+
+def work(job: Job, phase: str) -> float | None:
+    """Samples a phase processes: training samples seen (iterations × global batch; weak scaling
+    gives each device its own batch, strong splits one), or samples generated; None when the
+    record does not say (older records)."""
+    if phase not in TRAINING:
+        return dig(job.record, "phases.synthesis.target.samples")
+    iterations = dig(job.record, f"phases.{phase}.target.iterations")
+    batch = dig(job.record, f"axes.batch_size.{phase}")
+    mode = scaling(job)
+    if iterations is None or batch is None or mode not in ("weak", "strong"):
+        return None
+    world = dig(job.record, "hardware.world_size") or 1
+    return iterations * batch * (world if mode == "weak" else 1)
+
+
 def pricing(record: dict[str, Any]) -> str:
     """Where and when a record is priced: 'DEU 2023, 381 g CO2e/kWh (annual, …), PUE 1.58'."""
     c = record["carbon"]
@@ -82,6 +194,20 @@ def comparable(jobs: Iterable[Job], phases: Iterable[str], noisy: bool = True) -
     return [
         j for j in jobs if all(j.gap(p) is None for p in phases) and (noisy or not j.noisy(phases))
     ]
+
+
+def short_labels(names: Iterable[str]) -> dict[str, str]:
+    """Job directory → a short label: its Hydra overrides (`key=value,...`) less those every
+    job shares, comma-spaced so that a table cell can wrap; the name itself otherwise."""
+    names = list(dict.fromkeys(names))
+    parts = {n: re.split(r",(?=[^,=/]+=)", n) for n in names}
+    hydra = [p for p in parts.values() if all("=" in x for x in p)]
+    shared = set.intersection(*map(set, hydra)) if len(hydra) > 1 else set()
+    out = {}
+    for name, items in parts.items():
+        kept = [x for x in items if x not in shared] if all("=" in x for x in items) else items
+        out[name] = ", ".join(kept) or name
+    return out
 
 
 def month_spread(monthly: dict[str, float]) -> tuple[float, str, str] | None:
@@ -109,6 +235,11 @@ class Study:
     notes: list[str] = field(default_factory=list)  # why a comparison could not be made
     include_noisy: bool = False  # headlines may rest on phases whose verdict is noisy
     checks: list[Check] = field(default_factory=list)
+
+    def short(self, name: str) -> str:
+        """A job's short label: its overrides less those all jobs share (see `short_labels`)."""
+        labels = short_labels(j.name for j in [*self.sweep.jobs, *self.jobs])
+        return labels.get(name, name)
 
     def usable(self, phases: Iterable[str], headline: bool = False) -> list[Job]:
         """Jobs a comparison of `phases` may use: complete coverage; for a headline also no noisy
@@ -165,32 +296,53 @@ class Study:
 def _zones(
     source: IntensitySource,
     asked: list[str] | None,
-    recorded: list[str],
+    recorded: dict[str, Intensity],
     notes: list[str],
     series: CsvSeries | None = None,
 ) -> list[Intensity]:
-    """The zones to re-price at, cleanest first; unknown recorded zones and fallbacks become
-    notes. Default: the series' zones, else a spread of countries; plus the recorded zones."""
+    """The zones to re-price at, cleanest first. Default: the series' zones, else a spread of
+    countries; plus the recorded zones, each at the intensity its records were priced with (one
+    number for a zone in figure, tables and headlines): where the source has another value for
+    it, or none, a note says so."""
     if asked is None and series is not None:
-        asked = [*series.zones(), *recorded]
+        asked = series.zones()
     elif asked is None:
         low, high = CountryTable().spread()
-        asked = [low.zone, *STUDY_ZONES, high.zone, *recorded]
+        asked = [low.zone, *STUDY_ZONES, high.zone]
+    asked = [*asked, *recorded]  # where the jobs ran is always one of the places compared
     found: dict[str, Intensity] = {}
     for zone in asked:
+        key = canonical(zone)
+        if key in found:
+            continue
         try:
             intensity = source.lookup(zone)
         except UnknownZone as exc:
-            if zone not in recorded:  # asked for by name: a typo the user must hear about
+            if key not in recorded:  # asked for by name: a typo the user must hear about
                 raise
-            notes.append(f"recorded zone {zone} is not in the re-pricing source: {exc}")
+            notes.append(
+                f"recorded zone {zone} is not in the re-pricing source: {exc}; shown at its "
+                f"recorded {fmt(recorded[key].g_per_kwh)} g/kWh"
+            )
+            found[key] = recorded[key]
+            continue
+        if key in recorded:
+            mine = recorded[key]
+            if fmt(intensity.g_per_kwh) != fmt(mine.g_per_kwh):
+                notes.append(
+                    f"recorded zone {mine.zone} is shown at its recorded {fmt(mine.g_per_kwh)} "
+                    f"g/kWh ({mine.period}, {mine.source}); the re-pricing source has "
+                    f"{fmt(intensity.g_per_kwh)} g/kWh for it ({intensity.period}, "
+                    f"{intensity.source})"
+                )
+            found[key] = mine
             continue
         if intensity.g_per_kwh <= 0:  # a rounding artefact of small grids (CountryTable.spread)
             notes.append(f"zone {intensity.zone} skipped: its intensity reads 0 g/kWh")
             continue
-        if intensity.fallback and intensity.zone not in found:
+        if intensity.fallback:
             notes.append(f"zone {zone}: {intensity.fallback}")
-        found.setdefault(intensity.zone, intensity)
+        found[key] = intensity
     return sorted(found.values(), key=lambda i: i.g_per_kwh)
 
 
@@ -229,17 +381,18 @@ def build_study(
     study = Study(sweep, jobs, base, varied(jobs), reference, csv=csv)
     study.notes += _recorded_fallbacks(sweep.ok)
     series = CsvSeries(csv) if csv else None
+    # The reference job's price first: a zone is shown at the intensity it was recorded with.
+    recorded: dict[str, Intensity] = {}
+    for job in ([reference] if reference else []) + jobs:
+        recorded.setdefault(canonical(job.axis("site")), recorded_intensity(job.record))
     try:
         source = with_fallback(series, fallback) if series else annual_tables()
-        recorded = list(dict.fromkeys(j.axis("site") for j in jobs))
         study.zones = _zones(source, zones, recorded, study.notes, series) if jobs else []
     except ModuleNotFoundError as exc:  # the country tables ship with codecarbon
         study.notes.append(f"no re-pricing: {exc}")
         return study
     study.priced = {
-        j.name: {
-            i.zone: j.map_records(partial(reprice, source=source, zone=i.zone)) for i in study.zones
-        }
+        j.name: {i.zone: j.map_records(partial(priced_at, intensity=i)) for i in study.zones}
         for j in jobs
     }
     if series:

@@ -22,7 +22,7 @@ from lpm.record.record import SCHEMA
 
 PHASES = ("autoencoder", "diffusion", "synthesis")  # the record's phases, in run order
 TRAINING = ("autoencoder", "diffusion")
-AXES = ("model", "dims", "sampler", "steps", "precision", "gpus", "site")
+AXES = ("model", "dims", "sampler", "steps", "precision", "speed", "gpus", "site")
 # What an `ok` record must hold for the report to compare it (dotted paths into the record).
 REQUIRED = (
     *(f"axes.{a}" for a in ("model", "dims", "sampler", "steps", "precision")),
@@ -39,7 +39,16 @@ REQUIRED = (
 )
 ORDER = {"model": ("small", "base", "large"), "dims": ("2d", "3d")}
 # Baseline values when present (the study's reference setting); otherwise the most common value.
-PREFERRED = {"model": "base", "dims": "3d", "sampler": "ddpm", "precision": "32-true"}
+# `axes.speed`: the speed flags a record ran with ("compile", "channels_last+sdpa"), or none;
+# records from before lpm had them ran without any.
+NO_SPEED_FLAGS = "baseline"
+PREFERRED = {
+    "model": "base",
+    "dims": "3d",
+    "sampler": "ddpm",
+    "precision": "32-true",
+    "speed": NO_SPEED_FLAGS,
+}
 
 
 def _gpus(record: Mapping[str, Any]) -> str:
@@ -100,6 +109,8 @@ class Job:
             return dig(self.record, "carbon.zone")
         if axis == "gpus":
             return _gpus(self.record or {})
+        if axis == "speed":
+            return dig(self.record, "axes.speed") or NO_SPEED_FLAGS
         return dig(self.record, f"axes.{axis}")
 
     @property

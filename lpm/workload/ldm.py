@@ -7,6 +7,8 @@ take `spatial_dims` from the resolved :class:`~lpm.config.LDMSpec`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import diffusers
@@ -25,6 +27,46 @@ TRAIN_SCHEDULE = dict(
     beta_end=0.0195,
     clip_sample=False,  # latents are not in [-1, 1]; clipping them distorts samples
 )
+# The training loss goes to the trainer's loggers once per this many steps: reading it is a
+# host-device sync on a GPU, which every step would pay (Lightning's `self.log` per step with
+# `prog_bar=True` did, and cost ~1 ms of Python per step on a CPU besides).
+LOSS_EVERY_N_STEPS = 50
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Speed-up techniques for the networks and their optimizer: config `speed.*`, each a
+    sweep axis of its own (recorded in the record's `axes`).
+
+    Attributes:
+        channels_last: networks and their inputs in channels-last memory format
+            (`torch.channels_last` in 2D, `torch.channels_last_3d` in 3D).
+        compile: `torch.compile` the UNet and the autoencoder's forward, encode and decode.
+        fused_adam: Adam as fused kernels over all parameters (`Adam(fused=True)`).
+        attention: `math` (MONAI's einsum attention) or `sdpa` (MONAI's
+            `use_flash_attention`: `F.scaled_dot_product_attention`, which takes a flash or
+            memory-efficient kernel where the device has one). The UNet's attention levels only:
+            the autoencoder of the MONAI recipes has none.
+    """
+
+    channels_last: bool = False
+    compile: bool = False
+    fused_adam: bool = False
+    attention: str = "math"
+
+    def memory_format(self, spatial_dims: int) -> torch.memory_format:
+        if not self.channels_last:
+            return torch.contiguous_format
+        return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+
+    def adam(self, params: Any, lr: float) -> torch.optim.Optimizer:
+        """Adam, fused when asked (torch 2.13 has the fused kernel for CPU and CUDA
+        parameters, fp32, fp16 and bf16); otherwise torch's default implementation (for-each
+        on CUDA, one tensor at a time on a CPU)."""
+        return torch.optim.Adam(params, lr=lr, fused=True if self.fused_adam else None)
+
+    def compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return torch.compile(fn) if self.compile else fn
 
 
 def build_autoencoder(spec: LDMSpec) -> AutoencoderKL:
@@ -37,19 +79,33 @@ def build_autoencoder(spec: LDMSpec) -> AutoencoderKL:
     )
 
 
-def build_unet(spec: LDMSpec) -> DiffusionModelUNet:
+def build_unet(spec: LDMSpec, attention: str = "math") -> DiffusionModelUNet:
+    """The diffusion UNet; `attention="sdpa"` runs its attention blocks through
+    `F.scaled_dot_product_attention` (see :class:`Speed`)."""
     channels = spec.autoencoder["latent_channels"]
     return DiffusionModelUNet(
         spatial_dims=spec.spatial_dims,
         in_channels=channels,
         out_channels=channels,
         norm_num_groups=spec.norm_num_groups,
+        use_flash_attention=attention == "sdpa",
         **spec.unet,
     )
 
 
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def log_loss(module: pl.LightningModule, key: str, loss: torch.Tensor) -> None:
+    """`loss` to the trainer's loggers every :data:`LOSS_EVERY_N_STEPS` steps; nothing without
+    a logger (and so no host-device sync at all)."""
+    trainer = module._trainer
+    if trainer is None or not trainer.loggers or module.global_step % LOSS_EVERY_N_STEPS:
+        return
+    metrics = {key: loss.detach().item()}
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=module.global_step)
 
 
 def _is_scheduler(cls: Any) -> bool:
@@ -91,21 +147,27 @@ class AutoencoderModule(pl.LightningModule):
     weights, so lpm leaves both out (its autoencoder cost is a lower bound).
     """
 
-    def __init__(self, spec: LDMSpec, kl_weight: float = 1e-6, lr: float = 1e-4) -> None:
+    def __init__(
+        self, spec: LDMSpec, kl_weight: float = 1e-6, lr: float = 1e-4, speed: Speed = Speed()
+    ) -> None:
         super().__init__()
-        self.autoencoder = build_autoencoder(spec)
+        self.speed, self.memory_format = speed, speed.memory_format(spec.spatial_dims)
+        self.autoencoder = build_autoencoder(spec).to(memory_format=self.memory_format)
+        if speed.compile:
+            self.autoencoder.compile()  # in place: parameter names and state dict unchanged
         self.kl_weight, self.lr = kl_weight, lr
 
     def training_step(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        images = images.contiguous(memory_format=self.memory_format)
         recon, mu, sigma = self.autoencoder(images)
         spatial = list(range(1, mu.ndim))
         kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1).sum(spatial).mean()
         loss = F.l1_loss(recon, images) + self.kl_weight * kl
-        self.log("autoencoder/loss", loss, prog_bar=True)
+        log_loss(self, "autoencoder/loss", loss)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.autoencoder.parameters(), lr=self.lr)
+        return self.speed.adam(self.autoencoder.parameters(), self.lr)
 
 
 class DiffusionModule(pl.LightningModule):
@@ -125,20 +187,27 @@ class DiffusionModule(pl.LightningModule):
         sampler_kwargs: dict[str, Any] | None = None,
         lr: float = 2.5e-5,
         seed: int = 0,
+        speed: Speed = Speed(),
     ) -> None:
         super().__init__()
         self.spec, self.lr, self.seed, self.steps = spec, lr, seed, steps
-        self.sample_batch = spec.batch[
-            "synthesis"
-        ]  # per device; the job sets it for strong scaling
-        self.unet = build_unet(spec)
+        self.speed, self.memory_format = speed, speed.memory_format(spec.spatial_dims)
+        # Per device; the job sets it for strong scaling.
+        self.sample_batch = spec.batch["synthesis"]
+        self.unet = build_unet(spec, speed.attention).to(memory_format=self.memory_format)
+        if speed.compile:
+            self.unet.compile()  # in place: parameter names and state dict unchanged
         self.autoencoder = autoencoder  # frozen at fit start, once stage 1 has trained it
+        self.autoencoder.to(memory_format=self.memory_format)  # a no-op when stage 1 did it
+        self._encode = speed.compiled(autoencoder.encode_stage_2_inputs)
+        self._decode = speed.compiled(autoencoder.decode_stage_2_outputs)
         self.train_scheduler = make_scheduler()
         self.sampler = make_scheduler(sampler, **(sampler_kwargs or {}))
         # MONAI LDM recipe: scale latents to unit variance, estimated on the first batch.
         self.register_buffer("scale_factor", torch.tensor(0.0))
         self._scaled = False
         self.latents: torch.Tensor | None = None
+        self.timesteps: list[float] = []  # the current chain's, as Python numbers
         self.chain_steps = 0  # denoising steps the current chain has taken
         self.images: torch.Tensor | None = None
 
@@ -151,7 +220,7 @@ class DiffusionModule(pl.LightningModule):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            z = self.autoencoder.encode_stage_2_inputs(images)
+            z = self._encode(images.contiguous(memory_format=self.memory_format))
             if not self._scaled:  # a Python flag: testing the buffer would sync the GPU each step
                 # Rank 0's first batch sets it for every rank, as the single-GPU recipe does.
                 scale = 1.0 / z.float().std().item()
@@ -167,11 +236,11 @@ class DiffusionModule(pl.LightningModule):
         t = torch.randint(0, TRAIN_SCHEDULE["num_train_timesteps"], (z.shape[0],), device=z.device)
         pred = self.unet(self.train_scheduler.add_noise(z, noise, t), timesteps=t)
         loss = F.mse_loss(pred.float(), noise.float())
-        self.log("diffusion/loss", loss, prog_bar=True)
+        log_loss(self, "diffusion/loss", loss)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.unet.parameters(), lr=self.lr)
+        return self.speed.adam(self.unet.parameters(), self.lr)
 
     def on_predict_start(self) -> None:
         # Distinct noise per rank: data-parallel synthesis makes different samples on each GPU.
@@ -179,7 +248,7 @@ class DiffusionModule(pl.LightningModule):
 
     def predict_step(self, item: dict[str, Any]) -> None:
         if item["unit"] == "decode":
-            self.images = self.autoencoder.decode_stage_2_outputs(self.latents / self.scale_factor)
+            self.images = self._decode(self.latents / self.scale_factor)
             return
         if item["step"] == 0:  # a new chain: fresh noise, scheduler state reset
             shape = (
@@ -187,13 +256,17 @@ class DiffusionModule(pl.LightningModule):
                 self.spec.autoencoder["latent_channels"],
                 *self.spec.latent_size,
             )
-            self.latents = torch.randn(shape, generator=self.generator, device=self.device)
-            self.latents = self.latents * self.sampler.init_noise_sigma
+            noise = torch.randn(shape, generator=self.generator, device=self.device)
+            noise = noise.contiguous(memory_format=self.memory_format)
+            self.latents = noise * self.sampler.init_noise_sigma
             self.sampler.set_timesteps(self.steps, device=self.device)
+            # Python numbers, read once per chain: a timestep tensor on the GPU would make the
+            # scheduler's arithmetic (`t > 0`, table look-ups) wait for the GPU at every step.
+            self.timesteps = self.sampler.timesteps.tolist()
             self.chain_steps = 0
-        t = self.sampler.timesteps[item["step"]]
+        t = self.timesteps[item["step"]]
         model_input = self.sampler.scale_model_input(self.latents, t)
-        t_batch = t.expand(model_input.shape[0]).to(self.device)
+        t_batch = torch.full((model_input.shape[0],), t, device=self.device)
         eps = self.unet(model_input, timesteps=t_batch)
         self.latents = self.sampler.step(eps, t, self.latents).prev_sample
         self.chain_steps += 1

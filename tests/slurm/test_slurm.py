@@ -1,5 +1,6 @@
 """Slurm for real: sweeps through the submitit launcher on a single-node cluster that
-tests/slurm/cluster.sh starts (`make test-slurm`).
+tests/slurm/cluster.sh starts (`make test-slurm`): an array sweep, jobs killed without a result,
+a 2-rank CPU DDP job and its rerun, a job past its time limit and its rerun, `job.slurm` in steps.
 
 Outside `make test-slurm` a machine that cannot run the cluster (not root, not Debian, no
 packages) skips these with the reason; with LPM_REQUIRE_SLURM=1 (CI) that is a failure.
@@ -112,6 +113,11 @@ def _sweep(
     return proc, seconds
 
 
+def _job_ids(sweep: Path) -> list[str]:
+    """The submitit folders of a sweep's plain (one-job sweep) Slurm jobs: `<job>`."""
+    return sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
+
+
 def _array_ids(sweep: Path) -> list[str]:
     """The submitit folders of the sweep's array tasks: `<array job>_<task>`."""
     return sorted(
@@ -136,10 +142,25 @@ def test_array_sweep_leaves_an_ok_record_per_job(
     assert "#SBATCH --ntasks-per-node=1" in script
     assert "--gpus-per-node" not in script  # gpus=cpu asks Slurm for no GPU
     assert "#SBATCH --signal=USR2@30" in script
-    for model in ("small", "base"):
+    for task, model in enumerate(("small", "base")):
         record = read_record(tmp_path / f"model={model}")
         assert record["status"] == "ok", (model, record["error"])
         assert record["axes"]["model"] == model
+        # What joins the record with sacct: the array task's JobID, where and how it ran.
+        slurm = record["job"]["slurm"]
+        assert slurm["job_id"] == f"{array_job}_{task}"
+        assert (slurm["array_job_id"], slurm["array_task_id"]) == (int(array_job), task)
+        assert (slurm["cluster"], slurm["partition"], slurm["node_list"]) == (
+            CLUSTER_NAME,
+            PARTITION,
+            NODE,
+        )
+        assert (slurm["nodes"], slurm["tasks"], slurm["gpus_per_node"], slurm["procid"]) == (
+            1,
+            1,
+            0,
+            0,
+        )
     assert f"sweep {tmp_path}: 2 ok" in text
 
 
@@ -169,11 +190,24 @@ def test_a_job_killed_without_a_result_fails_the_sweep_fast(
     )
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text[-4000:]
-    assert "has not produced any output (state: FAILED)" in text, text[-4000:]
-    assert "Killed" in text  # srun's word for the task's end, in the error stream quoted
-    assert seconds < 90  # submitit gives a finished job 15 s to leave its result
-    # SIGKILL leaves lpm no chance to write: no job may look finished.
-    assert all(read_record(p.parent)["status"] != "ok" for p in sweep.glob("*/record.json"))
+    assert "Traceback" not in text, text[-4000:]  # one line per job, not Hydra's traceback
+    (array_job,) = {t.split("_")[0] for t in _array_ids(sweep)}
+    for task, model in enumerate(("small", "base")):
+        # The job, its Slurm id and state, srun's last word on it, its log and record.
+        line = re.search(
+            rf"lpm: job #{task} \(model={model}\): Slurm job {array_job}_{task} .*", text
+        )
+        assert line, text[-4000:]
+        assert "ended FAILED without a result (srun: error: " in line[0], line[0]
+        assert ": Killed); log: " in line[0], line[0]
+        assert line[0].endswith(f"_{task}_0_log.err; recorded failed in {sweep}/model={model}")
+        # Recorded as failed, so that the summary counts it and a rerun runs it again.
+        record = read_record(sweep / f"model={model}")
+        assert record["status"] == "failed", record
+        assert record["error"].startswith(f"Slurm job {array_job}_{task} ended FAILED")
+        assert record["job"]["overrides"] == ["model=" + model, *JOB]
+    assert f"sweep {sweep}: 2 failed" in text  # the summary is printed all the same
+    assert seconds < 90  # a finished job gets 15 s to leave its result, then it is lost
 
 
 def _run_json(cmd: list[str]) -> list[dict]:
@@ -238,3 +272,110 @@ def test_slurm_job_block_of_array_tasks_joins_with_sacct(cluster: None, tmp_path
         f"{array_job}_0": "COMPLETED",
         f"{array_job}_1": "COMPLETED",
     }
+
+
+def _task_result(sweep: Path, array_task: str, rank: int) -> object:
+    """What lpm's job function returned in one Slurm task (rank) of an array task."""
+    from submitit.core.utils import pickle_load
+
+    outcome, value = pickle_load(
+        sweep / ".submitit" / array_task / f"{array_task}_{rank}_result.pkl"
+    )
+    assert outcome == "success", value
+    return value.return_value
+
+
+def test_ddp_job_trains_on_slurms_ranks_and_a_rerun_skips_on_every_rank(
+    cluster: None, tmp_path: Path, say: Callable[[str], None]
+) -> None:
+    # gpus=cpu2: two CPU ranks (gloo) as two Slurm tasks of one job; Lightning takes the ranks
+    # from Slurm and starts no process itself.
+    overrides = [*LAUNCHER, "gpus=cpu2", "model=small", *[o for o in JOB if o != "gpus=cpu"]]
+    proc, _ = _sweep(*overrides, out=tmp_path, say=say, what="2-rank DDP job")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    # A sweep of one job is one plain Slurm job (no array): its submitit folder is its id.
+    (task,) = _job_ids(tmp_path)
+    script = tmp_path / ".submitit" / task / f"{task}_submission.sh"
+    assert "#SBATCH --ntasks-per-node=2" in script.read_text()
+    # From inside the workload: each task's log says its rank in the process group it trained in.
+    for rank in (0, 1):
+        log = (tmp_path / ".submitit" / task / f"{task}_{rank}_log.out").read_text()
+        assert f"rank {rank} of 2 (local rank {rank}, node 0): ok" in log, log[-3000:]
+        assert _task_result(tmp_path, task, rank) == "ok"
+    (job_dir,) = [p.parent for p in tmp_path.glob("*/record.json")]
+    record = read_record(job_dir)
+    assert record["status"] == "ok", record["error"]
+    assert (record["hardware"]["world_size"], record["hardware"]["nodes"]) == (2, 1)
+    assert (record["job"]["slurm"]["tasks"], record["job"]["slurm"]["tasks_per_node"]) == (2, 2)
+    assert record["job"]["slurm"]["procid"] == 0  # one record, from global rank 0
+    # CPU and RAM metered once for the node (by local rank 0), not once per rank.
+    for name, phase in record["phases"].items():
+        cover = phase["coverage"]
+        assert cover["cpu"] == cover["ram"] == {"metered": 1, "expected": 1}, (name, cover)
+        assert "gpu" not in cover and cover["complete"], (name, cover)
+
+    # The same sweep again: both ranks find the job ok and skip it (rank 1 used to wait for
+    # rank 0 in DDP set-up until the time limit).
+    before = (job_dir / "record.json").read_text()
+    proc, seconds = _sweep(*overrides, out=tmp_path, say=say, what="2-rank DDP job, rerun")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    (rerun,) = set(_job_ids(tmp_path)) - {task}
+    assert [_task_result(tmp_path, rerun, rank) for rank in (0, 1)] == ["skipped", "skipped"]
+    assert (job_dir / "record.json").read_text() == before
+    assert seconds < 60
+
+
+def test_time_limit_leaves_an_interrupted_record_and_a_rerun_finishes_it(
+    cluster: None, tmp_path: Path, say: Callable[[str], None]
+) -> None:
+    # A job that outlasts its time limit: once model=base has finished its first phase (its
+    # record appears), its job step is stopped (SIGSTOP) and waits there for Slurm, which sends
+    # SIGCONT and USR2 `signal_delay_s` before the limit. Slurm checks limits every 30 s: with
+    # --time=1 and USR2@1 the signal comes 29-59 s after the start, model=small has finished by
+    # then. The tiny job itself is never slow enough on its own.
+    freezer = tmp_path / "freeze_step.sh"
+    freezer.write_text(
+        "[[ $SLURM_ARRAY_TASK_ID == 1 ]] || exit 0\n"
+        "for _ in $(seq 1200); do\n"
+        '    [[ -e "$1/model=base/record.json" ]] && exec scancel --signal=STOP "$SLURM_JOB_ID.0"\n'
+        "    sleep 0.1\n"
+        "done\n"
+    )
+    sweep = tmp_path / "sweep"
+    jobs = ["model=small,base", *JOB]
+    short = [
+        *_replacing(LAUNCHER, {"hydra.launcher.timeout_min": 1}),
+        "hydra.launcher.signal_delay_s=1",
+        f"hydra.launcher.setup=['bash {freezer} {sweep} &']",
+    ]
+    proc, _ = _sweep(*short, *jobs, out=sweep, say=say, what="sweep hitting --time=1")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-4000:]  # an interrupted job is not ok: the sweep says so
+    assert "Traceback" not in text, text[-4000:]
+    assert re.search(rf"sweep {sweep}: (1 interrupted, 1 ok|1 ok, 1 interrupted)", text), text
+    (first,) = {t.split("_")[0] for t in _array_ids(sweep)}
+    small = read_record(sweep / "model=small")
+    assert small["status"] == "ok", small["error"]
+    base = read_record(sweep / "model=base")
+    assert base["status"] == "interrupted", base["error"]
+    assert base["error"] == "interrupted by SIGUSR2"
+    assert base["job"]["slurm"]["job_id"] == f"{first}_1"
+    # What it measured before the limit is kept: the finished phase, projected.
+    autoencoder = base["phases"]["autoencoder"]
+    assert autoencoder["measured"]["iterations"] == 3 and autoencoder["projected"]["energy_kwh"] > 0
+    # The phase it was stopped in projects nothing (it may have measured nothing yet).
+    assert set(base["phases"]) <= {"autoencoder", "diffusion"}
+    assert base["phases"].get("diffusion", {}).get("projected", {}) == {}
+    say(f"time limit: model=base interrupted after {base['job']['seconds']:.1f} s of its job")
+
+    # The same sweep given more time: model=small is skipped, model=base finishes.
+    small_before = (sweep / "model=small" / "record.json").read_text()
+    proc, _ = _sweep(*LAUNCHER, *jobs, out=sweep, say=say, what="the same sweep, rerun")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    assert f"sweep {sweep}: 2 ok" in text
+    assert (sweep / "model=small" / "record.json").read_text() == small_before  # skipped
+    base = read_record(sweep / "model=base")
+    assert base["status"] == "ok", base["error"]
+    assert base["job"]["slurm"]["array_job_id"] != int(first)  # this run's job
+    assert set(base["phases"]) == {"autoencoder", "diffusion", "synthesis"}

@@ -56,6 +56,12 @@ class CountryTable:
             raise UnknownZone(zone, self.zones())
         return self._intensity(key)
 
+    def name(self, zone: str) -> str | None:
+        """The country's name ("Germany") for an ISO-3 or known ISO-2 code; None if unknown."""
+        key = zone.strip().upper()
+        row = self._rows.get(ISO2_TO_ISO3.get(key, key))
+        return str(row["country_name"]) if row else None
+
     def spread(self, min_generation_twh: float = 10.0) -> tuple[Intensity, Intensity]:
         """Cleanest and dirtiest grid among countries generating at least `min_generation_twh`.
 

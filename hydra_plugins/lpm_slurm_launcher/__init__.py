@@ -1,0 +1,1 @@
+"""lpm's Hydra launcher plugin: `hydra/launcher=slurm` (see `launcher.py`)."""
