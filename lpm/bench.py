@@ -51,6 +51,11 @@ WARMUP = 3  # iterations every arm runs before its measured ones (a job's defaul
 TECHNIQUES = ("channels_last", "sdpa", "fused_adam", "bf16", "fp16", "compile")
 TRAINING_ONLY = ("fused_adam",)  # an optimizer: nothing of synthesis to compare
 SAMPLERS = ("ddim", "dpmpp", "unipc")  # against the baseline's DDPM, 1,000 steps
+OUT_OF_TIME = "skipped: out of time"
+# Seconds a first compilation of the UNet and autoencoder takes (training and inference graphs):
+# measured ~2 min on 2 CPU cores with a cold cache; under a deadline, compile starts only with
+# this much time left.
+COMPILE_NEEDS_S = 180.0
 
 
 def _compose(*overrides: str) -> Any:
@@ -141,14 +146,19 @@ def _ratios(
     return out
 
 
-def _interleave(arms: Mapping[str, Callable[[], Sample]], repeats: int) -> dict[str, list[Sample]]:
-    """Each arm once unmeasured (kernels, allocator, caches), then `repeats` rounds with the
-    order rotated each round, so that drift and other tenants' load hit every arm alike."""
+def _interleave(
+    arms: Mapping[str, Callable[[], Any]], repeats: int, deadline: float = math.inf
+) -> dict[str, list[Any]]:
+    """Each arm once unmeasured (kernels, allocator, caches, compilation), then `repeats`
+    rounds with the order rotated each round, so that drift and other tenants' load hit every
+    arm alike. After `deadline` (time.monotonic) no new round starts, the first excepted."""
     names = list(arms)
     for name in names:
         arms[name]()
-    out: dict[str, list[Sample]] = {name: [] for name in names}
+    out: dict[str, list[Any]] = {name: [] for name in names}
     for r in range(repeats):
+        if r and time.monotonic() > deadline:
+            break
         for name in names[r % len(names) :] + names[: r % len(names)]:
             out[name].append(arms[name]())
     return out
@@ -347,9 +357,17 @@ class Workload:
             optimizer.step()
         return _sample(start, self.mark(), steps)
 
-    def lpm_synthesis(
-        self, steps: int, decodes: int = 0, sampler_steps: int | None = None
-    ) -> tuple[Sample, PhaseMeasurement]:
+    def scaled(self, steps: int) -> None:
+        """The latent scale, estimated as a job's diffusion training does, on one batch of the
+        training data (a workload that only samples has no training to set it)."""
+        import torch
+
+        if not self.dm._scaled:
+            images = next(iter(self.data("diffusion", WARMUP + steps).train_dataloader()))
+            with torch.no_grad():
+                self.dm.to(self.device).encode(images.to(self.device))
+
+    def lpm_synthesis(self, steps: int, decodes: int = 0) -> tuple[Sample, PhaseMeasurement]:
         """UNet evaluations (then `decodes` decodes after one unmeasured decode) along the
         sampler's schedule, through lpm's trainer as `JobRun.synthesize` runs them; the sample
         covers the UNet evaluations, the measurement every unit."""
@@ -360,8 +378,7 @@ class Workload:
         from lpm.job import PhasePlan
         from lpm.workload.ldm import synthesis_plan
 
-        if sampler_steps is not None:
-            self.dm.steps = sampler_steps
+        self.scaled(steps)
         warm, measured = {"unet": WARMUP}, {"unet": steps}
         if decodes:
             warm["decode"], measured["decode"] = 1, decodes
@@ -382,6 +399,7 @@ class Workload:
 
         from lpm.workload.ldm import make_scheduler
 
+        self.scaled(steps)
         dm = self.dm.to(self.device)
         unet = dm.unet.eval()
         sampler = make_scheduler(self.cfg.sampler.scheduler, **self.cfg.sampler.kwargs)
@@ -444,7 +462,7 @@ def overhead(quick: bool = False) -> dict[str, Any]:
     trainer with and without the EnergyCallback and its real meters, interleaved; and the
     time spent inside the callback's hooks, a bound that needs no subtraction of noisy runs.
     """
-    steps, repeats = (40, 3) if quick else (100, 7)
+    steps, repeats = (40, 3) if quick else (80, 7)
     shares: list[float] = []
     with _node_meters() as meters:
         w = Workload(["model=small", "dims=2d"], meters)
@@ -663,13 +681,13 @@ def _against_plain(
 
 
 def _skipped(name: str, target: str) -> dict[str, Any]:
-    return _row(name, None, target, None, note="skipped: out of time")
+    return _row(name, None, target, None, note=OUT_OF_TIME)
 
 
 def _steps_for(model: str, dims: str, scale: str, quick: bool) -> int:
     """Measured iterations per arm: about a second of work each on this CPU, a few on a GPU."""
     if scale == "paper":
-        return 4 if quick else 10
+        return 3 if quick else 6
     base = {"2d": 40, "3d": 12}[dims] // (1 if model == "small" else 3)
     return max(6, base // 2 if quick else base)
 
@@ -921,7 +939,7 @@ def steps(quick: bool = False) -> dict[str, Any]:
     per: dict[int, list[tuple[float, float, float]]] = {n: [] for n in counts}
     with _node_meters() as meters:
         w = Workload(["model=small", "dims=2d", "sampler=ddim"], meters)
-        w.lpm_train(6)  # the latent scale, estimated on the first training batch
+        w.scaled(6)
 
         def chain(n: int) -> tuple[float, float, float]:
             from lpm.workload.ldm import synthesis_plan
@@ -1010,17 +1028,16 @@ def speedups(
     repeats: int | None = None,
     deadline: float = math.inf,
 ) -> dict[str, Any]:
-    """Each technique of conf/speedup/ alone on the baseline, through lpm's trainers,
-    interleaved with the baseline: diffusion training step and UNet evaluation, time and
-    energy per iteration ÷ the baseline's; for compile also the first run's warm-up
-    (compilation). Samplers: the time and energy of one sample, projected (`project()`) from
-    measured UNet evaluations and decodes, ÷ DDPM's at 1,000 steps.
+    """Each technique of conf/speedup/ alone on the baseline, through lpm's trainers, every
+    arm interleaved with the baseline in each round: diffusion training step and UNet
+    evaluation, time and energy per iteration ÷ the baseline's in the same round; for compile
+    also its first run's warm-up (the compilation). Samplers: the time and energy of one
+    sample, projected (`project()`) from measured UNet evaluations and decodes, ÷ DDPM's at
+    1,000 steps.
     """
-    from lpm.carbon.projection import project
-
     repeats = repeats or (2 if quick else 3)
-    if quick and device == "cpu":
-        techniques = [t for t in techniques if t != "compile"]  # minutes of compilation
+    if quick and device == "cpu":  # a cold compilation takes minutes on a CPU
+        techniques = [t for t in techniques if t != "compile"]
     gpus = "1gpu" if device == "cuda" else "cpu"
     steps = _steps_for(model, dims, scale, quick)
     base = [f"model={model}", f"dims={dims}", f"scale={scale}", f"gpus={gpus}", *extra]
@@ -1031,117 +1048,124 @@ def speedups(
     built: dict[str, Workload] = {}
     warmups: dict[str, list[float]] = {}  # per arm and run: seconds of its warm-up iterations
 
-    def skipped(name: str, note: str) -> None:
-        rows.append(_row(name, None, "reported", None, note=note))
-
     with _node_meters() as meters:
 
         def workload(name: str) -> Workload:
             if name not in built:
-                overrides = [] if name == "baseline" else [f"speedup={name}"]
+                overrides = [] if name in ("baseline", "ddpm") else [f"speedup={name}"]
                 built[name] = Workload([*base, *overrides], meters, device)
             return built[name]
 
         def both(name: str) -> tuple[Sample, Sample]:
             w = workload(name)
             train = w.lpm_train(steps)
-            warm = w.last.warmup["step"].seconds
+            assert w.last is not None
             synthesis, m = w.lpm_synthesis(steps)
-            warmups.setdefault(name, []).append(warm + m.warmup["unet"].seconds)
+            warmups.setdefault(name, []).append(
+                w.last.warmup["step"].seconds + m.warmup["unet"].seconds
+            )
             return train, synthesis
 
+        details["samplers"] = _samplers(workload, ("ddpm", *samplers), steps, rows, deadline)
+        for name in ("ddpm", *samplers):
+            if name in built:
+                built.pop(name).release()
+        arms: dict[str, Callable[[], Any]] = {"baseline": lambda: both("baseline")}
         for technique in techniques:
-            note = _unavailable(technique, device)
-            if note or time.monotonic() > deadline:
-                skipped(f"speed-up {technique}", note or "skipped: out of time")
+            note = _unavailable(technique, device, deadline)
+            if note:
+                rows.append(_row(f"speed-up {technique}", None, "reported", None, note=note))
+            else:
+                arms[technique] = lambda t=technique: both(t)
+        runs = _interleave(arms, repeats, deadline)
+        for technique in arms:
+            if technique == "baseline":
                 continue
-            runs = _interleave(
-                {"baseline": lambda: both("baseline"), technique: lambda t=technique: both(t)},
-                repeats,
-            )
-            entry: dict[str, Any] = {
-                "precision_ran": workload(technique).job.record.axes.get("precision")
+            details[technique] = {
+                "precision_ran": workload(technique).job.record.axes.get("precision"),
+                "warmup_s": warmups[technique],
             }
-            for k, kind in enumerate(("training step", "UNet evaluation")):
-                if technique in TRAINING_ONLY and k:
-                    continue
-                ours = [r[k] for r in runs[technique]]
-                theirs = [r[k] for r in runs["baseline"]]
-                entry[kind] = {
-                    "ms": [s.seconds * 1e3 for s in ours],
-                    "baseline_ms": [s.seconds * 1e3 for s in theirs],
-                }
-                for quantity, of in (("time", lambda s: s.seconds), ("energy", lambda s: s.joules)):
-                    ratio = _ratios(ours, theirs, of)
-                    if ratio:
-                        rows.append(
-                            _row(
-                                f"speed-up {technique}: {kind} {quantity} ÷ baseline",
-                                statistics.median(ratio),
-                                "reported",
-                                None,
-                                ratio,
-                            )
-                        )
+            rows += _technique_rows(technique, runs[technique], runs["baseline"], details)
             if technique == "compile":
                 extra_s = warmups[technique][0] - statistics.median(warmups["baseline"])
-                rows.append(
-                    _row(
-                        "speed-up compile: first run's warm-up − baseline's, s (compilation)",
-                        extra_s,
-                        "reported",
-                        None,
-                    )
-                )
-            details[technique] = entry
-            built.pop(technique).release()
-        per_sample: dict[str, tuple[int, float, float | None]] = {}
-        for name in ("ddpm", *samplers):
-            if time.monotonic() > deadline:
-                skipped(f"sampler {name}", "skipped: out of time")
-                continue
-            w = workload("baseline" if name == "ddpm" else name)
-            _, m = w.lpm_synthesis(steps, decodes=3)
-            n = w.cfg.sampler.steps
-            chain = project(replace(m, warmup={}), {"unet": n, "decode": 1})
-            batch = w.dm.sample_batch
-            energy = chain.energy_j.value / batch if chain.energy_j else None
-            per_sample[name] = (n, chain.seconds.value / batch, energy)
-            details[f"sampler {name}"] = {
-                "steps": n,
-                "seconds_per_sample": per_sample[name][1],
-                "joules_per_sample": energy,
-            }
-        for name, (n, seconds, joules) in per_sample.items():
-            if name == "ddpm":
-                continue
-            _, ref_s, ref_j = per_sample["ddpm"]
-            rows.append(
-                _row(
-                    f"sampler {name} {n} steps: time per sample ÷ DDPM 1000",
-                    seconds / ref_s,
-                    "reported",
-                    None,
-                )
-            )
-            if joules is not None and ref_j:
-                rows.append(
-                    _row(
-                        f"sampler {name} {n} steps: energy per sample ÷ DDPM 1000",
-                        joules / ref_j,
-                        "reported",
-                        None,
-                    )
-                )
+                label = "speed-up compile: first run's warm-up − baseline's, s (compilation)"
+                rows.append(_row(label, extra_s, "reported", None))
         for w in built.values():
             w.release()
     return {**details, "rows": rows}
 
 
-def _unavailable(technique: str, device: str) -> str:
-    """Why `technique` is not measured on `device`, or ''."""
+def _technique_rows(
+    technique: str,
+    ours: Sequence[tuple[Sample, Sample]],
+    baseline: Sequence[tuple[Sample, Sample]],
+    details: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Time and energy ratios of one technique's runs to the baseline's of the same rounds."""
+    rows = []
+    for k, kind in enumerate(("training step", "UNet evaluation")):
+        if technique in TRAINING_ONLY and k:
+            continue
+        mine, theirs = [r[k] for r in ours], [r[k] for r in baseline]
+        details[technique][kind] = {
+            "ms": [s.seconds * 1e3 for s in mine],
+            "baseline_ms": [s.seconds * 1e3 for s in theirs],
+        }
+        for quantity, of in (("time", lambda s: s.seconds), ("energy", lambda s: s.joules)):
+            ratio = _ratios(mine, theirs, of)
+            if ratio:
+                label = f"speed-up {technique}: {kind} {quantity} ÷ baseline"
+                rows.append(_row(label, statistics.median(ratio), "reported", None, ratio))
+    return rows
+
+
+def _samplers(
+    workload: Callable[[str], Workload],
+    names: Sequence[str],
+    steps: int,
+    rows: list[dict[str, Any]],
+    deadline: float,
+) -> dict[str, Any]:
+    """Per sampler (the first is the reference): one sample's time and energy, projected from
+    measured UNet evaluations and decodes; ratio rows appended to `rows`."""
+    from lpm.carbon.projection import project
+
+    per_sample: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if time.monotonic() > deadline:
+            rows.append(_row(f"sampler {name}", None, "reported", None, note=OUT_OF_TIME))
+            continue
+        w = workload(name)
+        _, m = w.lpm_synthesis(steps, decodes=3)
+        n = w.cfg.sampler.steps
+        chain = project(replace(m, warmup={}), {"unet": n, "decode": 1})
+        batch = w.dm.sample_batch
+        per_sample[name] = {
+            "steps": n,
+            "seconds_per_sample": chain.seconds.value / batch,
+            "joules_per_sample": chain.energy_j.value / batch if chain.energy_j else None,
+        }
+    reference = per_sample.get(names[0])
+    for name, got in per_sample.items():
+        if name == names[0] or reference is None:
+            continue
+        against = f"{names[0].upper()} {reference['steps']}"
+        for quantity, key in (("time", "seconds_per_sample"), ("energy", "joules_per_sample")):
+            if got[key] is not None and reference[key]:
+                label = f"sampler {name} {got['steps']} steps: {quantity} per sample ÷ {against}"
+                rows.append(_row(label, got[key] / reference[key], "reported", None))
+    return per_sample
+
+
+def _unavailable(technique: str, device: str, deadline: float = math.inf) -> str:
+    """Why `technique` is not measured on `device` now, or ''."""
     if technique == "fp16" and device == "cpu":
         return "16-mixed runs as bf16-mixed on a CPU (Lightning): see bf16; GPU only"
+    left = deadline - time.monotonic()
+    if technique == "compile" and left < COMPILE_NEEDS_S:
+        return f"skipped: compiling needs ~{COMPILE_NEEDS_S:.0f} s, {max(left, 0):.0f} s left"
+    if left < 0:
+        return OUT_OF_TIME
     return ""
 
 
@@ -1230,50 +1254,43 @@ def gpu(
     models: Sequence[str] = ("small", "base"),
     dims: Sequence[str] = ("2d", "3d"),
     extra: Sequence[str] = (),
-    budget_s: float = 400.0,
+    budget_s: float = 360.0,
     nvml: Any = None,
     handle: Any = None,
+    out: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """scripts/gpu_check.sh's Python part: on one GPU, at `scale`, lpm vs the plain loop (time
     and NVML counter energy) for every model × dims; the counter against sampled power over a
     window of the base 3D (else the last) model's plain training; the speed-up techniques for
-    that model. Stops starting work once `budget_s` is spent (rows say what was skipped).
-    `device="cpu"` with `scale="cpu"` runs the same code here."""
+    that model. Starts no new work once `budget_s` is spent (rows say what was skipped).
+    `device="cpu"` with `scale="cpu"` runs the same code here.
+
+    Args:
+        out: filled in place as each part finishes, so that a run stopped part-way keeps the
+            parts it finished (`main` writes them).
+    """
     start = time.monotonic()
     deadline = start + budget_s
-    out: dict[str, Any] = {}
-    out["plain"] = plain(quick, device, scale, models, dims, extra, repeats=2, deadline=deadline)
+    out = {} if out is None else out
+    repeats = 1 if quick else 2
+    out["plain"] = plain(quick, device, scale, models, dims, extra, repeats, deadline)
     model = "base" if "base" in models else models[-1]
     d = "3d" if "3d" in dims else dims[-1]
+    overrides = [f"model={model}", f"dims={d}", f"scale={scale}", *extra]
+    overrides.append("gpus=1gpu" if device == "cuda" else "gpus=cpu")
     if time.monotonic() < deadline:
         with _node_meters() as meters:
             steps = _steps_for(model, d, scale, quick)
-            w = Workload(
-                [
-                    f"model={model}",
-                    f"dims={d}",
-                    f"scale={scale}",
-                    f"gpus={'1gpu' if device == 'cuda' else 'cpu'}",
-                    f"data.pool={2 * steps}",
-                    *extra,
-                ],
-                meters,
-                device,
-            )
+            w = Workload([*overrides, f"data.pool={2 * steps}"], meters, device)
             w.plain_train(steps)  # warm: the window opens on a busy, steady GPU
-            window = 30 if not quick else 10
+            window = 10 if quick else 20  # training steps: >= 10 s on a GPU at paper scale
             out["counter"] = counter(nvml, handle, lambda: w.plain_train(window))
             w.release()
+    else:
+        out["counter"] = {"rows": [_row("NVML counter", None, "within 1 ± 0.02", None,
+                                        note=OUT_OF_TIME)]}  # fmt: skip
     out["speedups"] = speedups(
-        quick,
-        device,
-        scale,
-        model,
-        d,
-        techniques=TECHNIQUES,
-        extra=extra,
-        repeats=1 if quick else 2,
-        deadline=deadline,
+        quick, device, scale, model, d, extra=extra, repeats=1, deadline=deadline
     )
     out["seconds"] = time.monotonic() - start
     return out
@@ -1532,29 +1549,54 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=Path("bench"), help="directory for bench.json and bench.md"
     )
     parser.add_argument(
-        "--budget-s", type=float, default=400.0, help="gpu: seconds after which it starts nothing"
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per process, jobs started by the benchmarks included (default 1: on "
+        "a shared host two OpenMP threads stall whenever another process holds a core; "
+        "0: torch's default)",
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=360.0, help="gpu: seconds after which it starts nothing"
     )
     args = parser.parse_args(argv)
     unknown = [w for w in args.which if w not in BENCHMARKS]
     if unknown:  # argparse's choices reject a list default, so names are checked here
         parser.error(f"BENCH: unknown {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    if args.threads > 0:  # before torch loads; the jobs the benchmarks start inherit it
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     _quiet()
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     began = time.monotonic()
+    stopped = None
     for name in args.which or CPU_BENCHMARKS:
         print(f"lpm.bench: {name} ...", file=sys.stderr, flush=True)
         t0 = time.monotonic()
-        kwargs: dict[str, Any] = {"quick": args.quick}
-        if name == "gpu":
-            kwargs["budget_s"] = args.budget_s
-        results[name] = globals()[name](**kwargs) if name != "counter" else counter()
-        seconds[name] = time.monotonic() - t0
+        try:
+            if name == "gpu":  # filled part by part: a run stopped midway keeps what finished
+                results[name] = {}
+                gpu(args.quick, budget_s=args.budget_s, out=results[name])
+            elif name == "counter":
+                results[name] = counter()
+            else:
+                results[name] = globals()[name](quick=args.quick)
+        except KeyboardInterrupt:  # Ctrl-C, or gpu_check.sh's time limit: keep what finished
+            stopped = name
+            break
+        finally:
+            seconds[name] = time.monotonic() - t0
         print(f"lpm.bench: {name} done in {seconds[name]:.0f} s", file=sys.stderr, flush=True)
     total = time.monotonic() - began
     document = {
-        "machine": _machine(),
+        "machine": _machine() | {"torch_threads": threads},
         "quick": args.quick,
+        "stopped_in": stopped,
         "seconds": {**seconds, "total": total},
         "results": results,
     }
@@ -1564,14 +1606,16 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m lpm.bench", *(["--quick"] if args.quick else []), *args.which])
     load = ", ".join(f"{x:.1f}" for x in _machine()["load_average_1_5_15"] or ())
     footer = (
-        f"\n\n`{command}`: {total:.0f} s on {os.cpu_count()} CPUs (load average 1/5/15 min at "
-        f"the end: {load}). Ratios are medians of interleaved repeats; range: their spread. "
-        "CPU energy is CodeCarbon's estimate from load and TDP (no RAPL here), RAM a constant."
+        f"\n\n`{command}`: {total:.0f} s on {os.cpu_count()} CPUs, {threads} torch thread(s) per "
+        f"process (load average 1/5/15 min at the end: {load})."
+        + (f" Stopped during {stopped}: its rows are missing or partial." if stopped else "")
+        + " Ratios are medians of interleaved repeats; range: their spread. CPU energy is "
+        "CodeCarbon's estimate from load and TDP (no RAPL here), RAM a constant."
     )
     (args.out / "bench.md").write_text(text + footer + "\n")
     print(f"lpm.bench: wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
     print(text + footer)
-    return 0
+    return 130 if stopped else 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-bench/gpu}
 # Seconds after which the Python part starts nothing new; what runs then still finishes.
-BUDGET_S=${BUDGET_S:-400}
+BUDGET_S=${BUDGET_S:-360}
 # A hard stop under the 8 minutes, should one piece of work run far over its estimate.
 LIMIT_S=${LIMIT_S:-470}
 

@@ -173,7 +173,7 @@ def test_bench_cli_writes_json_and_markdown_and_prints_the_table_last(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bench, "counter", lambda: {"rows": [bench._row("c", 1.0, "t", True)]})
-    assert bench.main(["counter", "--out", str(tmp_path)]) == 0
+    assert bench.main(["counter", "--out", str(tmp_path), "--threads", "0"]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "bench.json").is_file()
     markdown = (tmp_path / "bench.md").read_text()
