@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from lpm.config import ConfigError, check, resolve_scale, resolve_spec
 from lpm.console import job_line, report_command, sweep_table
 from lpm.record.load import load_records
-from lpm.record.record import Record, read_status
+from lpm.record.record import Record
 from lpm.record.sinks import save
 from lpm.slurm import slurm_job
 
@@ -320,15 +320,14 @@ class SweepProgress(Callback):
         # The jobs' own statuses where they ran in this process (a job refused because its
         # directory holds another job's record leaves no record of its own); a launcher that
         # runs them elsewhere (submitit) leaves only the records to count.
-        statuses = self.statuses or [
-            read_status(p) or "unreadable" for p in sorted(sweep.glob("**/record.json"))
-        ]
+        records = load_records(sweep)  # read once: for the count and for the table
+        statuses = self.statuses or [r.status for r in records]
         counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no jobs"
         # Printed, not logged: outside a job only Hydra's own log format applies, whose
         # `[time][HYDRA]` prefix would bury the table.
         print(f"sweep {sweep}: {summary}")
-        for line in sweep_table(load_records(sweep)):
+        for line in sweep_table(records):
             print(f"  {line}")
         print(f"next: {report_command(sweep)}", flush=True)
         if any(s not in ("ok", "skipped") for s in statuses):
