@@ -216,3 +216,51 @@ def test_gpu_check_runs_its_code_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> 
     assert all(
         isinstance(r["value"], float) for r in rows if not r.get("note", "").startswith("16")
     )
+
+
+def test_median_interval_from_order_statistics() -> None:
+    # n = 5: P(all five on one side) = 2/32 = 6.25%: the range is the tightest >= 93.75%.
+    assert bench.median_ci([5.0, 1.0, 4.0, 2.0, 3.0]) == (1.0, 5.0)
+    # n = 9: P(Binomial(9, 1/2) < 2) = 10/512 = 1.95% <= 2.5%: 2nd smallest to 2nd largest.
+    assert bench.median_ci([float(v) for v in range(1, 10)]) == (2.0, 8.0)
+    assert bench.median_ci([7.0]) == (7.0, 7.0)
+
+
+def test_judged_tells_a_miss_from_noise() -> None:
+    at_least_one = lambda v: v >= 1.0  # noqa: E731
+    assert bench.judged([0.99, 1.01, 1.02, 1.05, 1.1], at_least_one) is True
+    # Median 0.97 misses, but the interval (0.9, 1.05) reaches 1.0: the machine cannot tell.
+    assert bench.judged([0.9, 0.95, 0.97, 1.0, 1.05], at_least_one) == bench.NOISE
+    # Every repeat below: a real miss.
+    assert bench.judged([0.8, 0.82, 0.85, 0.86, 0.9], at_least_one) is False
+    within = lambda v: abs(v - 1) <= 0.03  # noqa: E731
+    # The interval (0.9, 1.1) straddles the band without an end in it: still noise.
+    assert bench.judged([0.9, 0.92, 0.95, 1.06, 1.1], within) == bench.NOISE
+
+
+def test_table_marks_noise_and_shows_the_median_interval() -> None:
+    row = bench._row("x", 0.97, ">= 1.0", bench.NOISE, [0.9, 0.95, 0.97, 1.0, 1.05])
+    assert row["median_ci95"] == [0.9, 1.05]
+    text = bench.table({"plain": {"rows": [row]}})
+    assert "| plain: x | 0.97 | 0.9–1.05 | >= 1.0 | within noise |" in text
+
+
+def test_profile_attributes_time_to_its_owner() -> None:
+    assert bench._owner("~", "<built-in method torch.conv2d>") == "torch operators (C++)"
+    assert bench._owner("~", "<built-in method builtins.isinstance>") == "Python built-ins"
+    site = "/v/lib/python3.11/site-packages"
+    assert bench._owner(f"{site}/lightning/pytorch/loops/loop.py", "run") == "lightning loop"
+    assert bench._owner("/w/lpm/energy/callback.py", "on_train_batch_end").startswith("lpm ")
+    assert bench._owner("/w/lpm/bench.py", "lpm_train") == "other Python"  # the harness
+
+
+def test_shares_sum_to_one_by_owner() -> None:
+    class Stats:  # pstats.Stats' `stats`: (file, line, function) -> (cc, nc, tottime, ...)
+        stats = {
+            ("~", 0, "<built-in method torch.conv2d>"): (1, 1, 3.0, 3.0, {}),
+            ("/w/lpm/energy/callback.py", 1, "hook"): (1, 1, 0.5, 0.5, {}),
+            ("/w/lpm/progress.py", 1, "bar"): (1, 1, 0.5, 0.5, {}),
+        }
+
+    shares = bench._shares(Stats())
+    assert shares == {"torch operators (C++)": 0.75, "lpm (callbacks, modules, progress)": 0.25}
