@@ -178,11 +178,25 @@ class MeasureConfig:
 
 
 @dataclass
+class EmbodiedConfig:
+    """Embodied CO2e of the hardware, amortised over the hours a job holds it
+    (`lpm.carbon.embodied`, where each default's source is)."""
+
+    gpu_kg: float = 181.0  # per GPU card: ADEME/Hubblo model, A100 PCIe 40 GB
+    server_kg: float = 2500.0  # per GPU server without its GPUs: BLOOM (Luccioni et al. 2023)
+    cpu_server_kg: float = 1200.0  # per node without GPUs: Boavizta's Dell R740 archetype
+    gpus_per_server: int = 8  # BLOOM's HPE Apollo 6500 Gen10 Plus
+    life_years: float = 6.0  # service life: BLOOM; 4-6 years is typical
+    utilisation: float = 0.85  # share of its life in use: inferred from BLOOM's 11.2 t
+
+
+@dataclass
 class SiteConfig:
     name: str = MISSING
     zone: str = MISSING
     country_iso3: str = MISSING
     pue: float = 1.58
+    embodied: EmbodiedConfig = field(default_factory=EmbodiedConfig)
 
 
 @dataclass
@@ -211,6 +225,17 @@ class TargetConfig:
 
 
 @dataclass
+class QualityConfig:
+    """The per-job quality evaluation (`lpm.quality.evaluate`)."""
+
+    enabled: bool = True
+    holdout: int = 8
+    samples: int = 4
+    reference_steps: int = 1000
+    fid_weights: str | None = None
+
+
+@dataclass
 class LpmConfig:
     model: ModelConfig = MISSING
     dims: DimsConfig = MISSING
@@ -228,6 +253,7 @@ class LpmConfig:
     target: TargetConfig = field(default_factory=TargetConfig)
     carbon: CarbonConfig = field(default_factory=CarbonConfig)
     equivalents: EquivalentsConfig = field(default_factory=EquivalentsConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
 
 ConfigStore.instance().store(name="lpm_schema", node=LpmConfig)
@@ -412,6 +438,36 @@ def _check_carbon(cfg: DictConfig) -> None:
     _one_of("carbon.fallback", cfg.carbon.fallback, (None, *FALLBACKS))
 
 
+def _check_embodied(cfg: DictConfig) -> None:
+    # Standard library only, like the carbon package's intensity modules: cheap for a check.
+    from lpm.carbon.embodied import problem
+
+    for key, value in cfg.site.embodied.items():
+        if (why := problem(key, value)) is not None:
+            raise ConfigError(f"site.embodied.{key}", value, why)
+
+
+def _check_quality(cfg: DictConfig) -> None:
+    q = cfg.quality
+    why = " (a mean with an interval needs 2)"
+    _at_least("quality.holdout", q.holdout, 2, why)
+    _at_least("quality.samples", q.samples, 2, why + "; diversity needs a pair")
+    if not 1 <= q.reference_steps <= TRAIN_TIMESTEPS:
+        raise ConfigError(
+            "quality.reference_steps",
+            q.reference_steps,
+            f"must be an integer from 1 to {TRAIN_TIMESTEPS} (the trained timesteps)",
+        )
+    if q.fid_weights is not None and not Path(q.fid_weights).expanduser().is_file():
+        raise ConfigError(
+            "quality.fid_weights",
+            q.fid_weights,
+            "no such file: give a TorchScript feature extractor (torch.jit.save) on disk, "
+            "mapping images (B, C, H, W) to features (B, D), or null for no FID; lpm "
+            "downloads nothing",
+        )
+
+
 def check(cfg: DictConfig, cuda: bool | None = None) -> None:
     """Range and consistency checks that types alone cannot express; imports no torch.
 
@@ -454,6 +510,7 @@ def check(cfg: DictConfig, cuda: bool | None = None) -> None:
         raise ConfigError("data.name", cfg.data.name, "must be phantom or folder")
     if cfg.site.pue < 1:
         raise ConfigError("site.pue", cfg.site.pue, "must be >= 1 (facility energy / IT energy)")
+    _check_embodied(cfg)
     size = cfg.dims.image_size
     if size is not None:
         n = cfg.dims.spatial_dims
@@ -463,6 +520,7 @@ def check(cfg: DictConfig, cuda: bool | None = None) -> None:
             )
         _at_least("dims.image_size", min(size), 1)
     _check_carbon(cfg)
+    _check_quality(cfg)
 
 
 def cuda_visible() -> bool:

@@ -1,7 +1,8 @@
 """What a job and a sweep say when they end: one summary line per job, one table per sweep.
 
-    ok in 41.2 s · projected: 12.4 (11.9–13.1) kWh, 4.72 (4.53–4.99) kg CO2e ≈ 43.9 car-km ·
-    autoencoder stable, diffusion stable, synthesis noisy -> multirun/…/record.json
+    ok in 41.2 s · projected: 12.4 (11.9–13.1) kWh, 4.72 (4.53–4.99) kg CO2e operational
+    (≈ 43.9 car-km) + 0.386 (0.371–0.405) kg embodied · autoencoder stable, diffusion stable,
+    synthesis noisy -> multirun/…/record.json
 
 Standard library and lpm's record types only: `lpm.run` says these without loading torch.
 """
@@ -57,6 +58,11 @@ def projected(record: Mapping[str, Any]) -> dict[str, dict[str, Estimate]]:
     return out
 
 
+def embodied(record: Mapping[str, Any]) -> Estimate | None:
+    """The job's projected embodied kg CO2e with its interval; None for a record without."""
+    return _estimate(dig(record, "totals.embodied_kg"), dig(record, "totals.embodied_kg_ci95"))
+
+
 def verdicts(record: Mapping[str, Any]) -> dict[str, str]:
     """`stable` or `noisy` per phase that has a verdict."""
     return {
@@ -67,18 +73,20 @@ def verdicts(record: Mapping[str, Any]) -> dict[str, str]:
 
 
 def job_line(record: Mapping[str, Any], path: str | Path) -> str:
-    """A job's summary: status and time, projected kWh and kg CO2e with their intervals and
-    car-km, each phase's verdict, the record's path."""
+    """A job's summary: status and time, projected kWh and operational kg CO2e with their
+    intervals and car-km, embodied kg CO2e beside them, each phase's verdict, the record's path."""
     seconds = dig(record, "job.seconds")
     parts = [f"{record.get('status')}" + (f" in {seconds:.1f} s" if seconds is not None else "")]
     total = projected(record).get(TOTAL)
     if total is not None:
         scale = ", CPU scale" if dig(record, "axes.scale") == "cpu" else ""
         car_km = dig(record, "totals.car_km")
+        made = embodied(record)
         parts.append(
             f"projected{scale}: {interval(total['energy_kwh'])} kWh, "
-            f"{interval(total['co2e_kg'])} kg CO2e"
-            + (f" ≈ {number(car_km)} car-km" if car_km is not None else "")
+            f"{interval(total['co2e_kg'])} kg CO2e operational"
+            + (f" (≈ {number(car_km)} car-km)" if car_km is not None else "")
+            + (f" + {interval(made)} kg embodied" if made is not None else "")
         )
     said = verdicts(record)
     if said:
@@ -109,8 +117,8 @@ def _overrides(loaded: Loaded) -> dict[str, str]:
 
 def sweep_table(loaded: Sequence[Loaded]) -> list[str]:
     """One row per job: the axes that vary between the jobs (the overrides that vary when no
-    axis does, e.g. `site`), status, projected kg CO2e with its interval, verdict (`stable`,
-    or `noisy:` and the noisy phases)."""
+    axis does, e.g. `site`), status, projected operational and embodied kg CO2e with their
+    intervals, verdict (`stable`, or `noisy:` and the noisy phases)."""
     if not loaded:
         return []
     axes = [dig(job.record, "axes") or {} for job in loaded]
@@ -118,7 +126,7 @@ def sweep_table(loaded: Sequence[Loaded]) -> list[str]:
     if not columns:
         axes = [_overrides(job) for job in loaded]
         columns = _varying(axes)
-    header = [*(columns or ["job"]), "status", "kg CO2e", "verdict"]
+    header = [*(columns or ["job"]), "status", "kg CO2e operational", "kg embodied", "verdict"]
     rows = []
     for job, values in zip(loaded, axes, strict=True):
         record = job.record or {}
@@ -128,7 +136,8 @@ def sweep_table(loaded: Sequence[Loaded]) -> list[str]:
         verdict = ("noisy: " + ", ".join(noisy) if noisy else "stable") if said else "-"
         shown = [_text(values.get(c)) for c in columns] or [job.name]
         co2e = interval(total["co2e_kg"]) if total else "-"
-        rows.append([*shown, job.status, co2e, verdict])
+        made = embodied(record)
+        rows.append([*shown, job.status, co2e, "-" if made is None else interval(made), verdict])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
             for r in [header, *rows]]  # fmt: skip

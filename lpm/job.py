@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 
 from lpm.carbon.projection import project
 from lpm.config import PRECISION_ALIASES, SPEED_SWITCHES, LDMSpec, speed_label, windows_for
+from lpm.energy import flops
 from lpm.energy.window import RULES, NoiseRules, PhaseMeasurement
 from lpm.record.record import PhaseRecord, Record, coverage, measured_phase, projected_phase
 
@@ -138,7 +140,8 @@ class JobRun:
     priced and rewritten after every phase, so a job cut short keeps its finished phases.
 
     Args:
-        price: `price(phases) -> {"carbon", "co2e_kg", "totals", "assumptions"}`.
+        price: `price(phases, hardware) -> {"carbon", "co2e_kg", "totals", "assumptions"}`
+            and, where it prices embodied CO2e, `"embodied_kg"` per phase.
         meters: a `NodeMeters`, shared by the phases' energy callbacks.
     """
 
@@ -148,7 +151,7 @@ class JobRun:
         spec: LDMSpec,
         record: Record,
         job_dir: Path,
-        price: Callable[[dict], dict],
+        price: Callable[[dict, dict], dict],
         meters: Any,
         logger: Any,
     ) -> None:
@@ -166,11 +169,14 @@ class JobRun:
         world = trainer.world_size
         batch = self._per_device(plan.name, world)
         data = _datamodule(self.cfg, self.spec, steps * batch * world, batch)
-        self.measure(plan, trainer, lambda: trainer.fit(module, datamodule=data))
+        part = self.measure(plan, trainer, lambda: trainer.fit(module, datamodule=data))
+        shape = (batch, self.spec.in_channels, *self.spec.image_size)
+        self.efficiency(plan.name, trainer, part, partial(flops.training_flops, module, shape))
         return trainer
 
-    def synthesize(self, dm: Any, world: int) -> None:
-        """Sample along the sampler's timestep schedule; keep the last images as a PNG.
+    def synthesize(self, dm: Any, world: int) -> Any:
+        """Sample along the sampler's timestep schedule; keep the last images as a PNG. Returns
+        the phase's trainer (its device and precision).
 
         Every rank runs the whole plan on its own chain: data-parallel synthesis.
         """
@@ -196,7 +202,8 @@ class JobRun:
                 trainer.predict(dm, DataLoader(items, batch_size=None), return_predictions=False)
 
         trained = dm.global_step  # the fit's: predict attaches a trainer of its own
-        self.measure(plan, trainer, predict)
+        part = self.measure(plan, trainer, predict)
+        self.efficiency(plan.name, trainer, part, partial(flops.synthesis_flops, dm))
         if self.rank0 and dm.images is not None:
             caption = samples_caption(
                 dm.chain_steps, steps, trained, cfg.target.diffusion_iterations
@@ -209,6 +216,44 @@ class JobRun:
                 "of_steps": steps,
                 "complete": dm.chain_steps == steps,
             }
+        return trainer
+
+    def evaluate_quality(self, dm: Any, trainer: Any) -> None:
+        """The record's `quality` block (:func:`lpm.quality.evaluate.evaluate`), after every
+        measured window. A failure is recorded in the block and logged: the measured phases
+        stand and the job stays ok."""
+        from lpm.quality.evaluate import evaluate
+
+        try:
+            quality = evaluate(self.cfg, self.spec, dm, trainer)
+            log.info("  quality: %s", _quality_line(quality))
+        except Exception as exc:
+            quality = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]}
+            log.warning("  quality: not evaluated (%s)", quality["error"])
+        self.record.quality = quality
+        self.record.write(self.job_dir / "record.json")
+
+    def efficiency(
+        self, name: str, trainer: Any, part: PhaseRecord | None, count: Callable[[Any], Any]
+    ) -> None:
+        """`part.efficiency` from the FLOPs `count(forward_context)` finds (a
+        :class:`~lpm.energy.flops.FlopCount`), counted once the phase's measurement is filed;
+        the record is rewritten. A count that fails leaves the measurement as it is:
+        `{"error": ...}` and a warning."""
+        if part is None:
+            return
+        try:
+            counted = count(trainer.precision_plugin.forward_context)
+            peak = flops.device_peak(trainer.strategy.root_device, str(trainer.precision))
+            units, world = part.measured["units"], trainer.world_size
+            part.efficiency = flops.efficiency(counted, units, world, peak)
+        except Exception as exc:  # an op the counter cannot run, a GPU out of memory: any
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            part.efficiency = {"error": error}
+            log.warning("  %s: FLOPs not counted (%s); the measurement stands", name, error)
+        if self.rank0:
+            _log_efficiency(name, part.efficiency)
+            self.record.write(self.job_dir / "record.json")
 
     def _per_device(self, phase: str, world: int) -> int:
         """Batch per device: strong scaling splits the configured batch over the devices."""
@@ -272,16 +317,55 @@ class JobRun:
             return
         record.phases[name] = part
         self.meter_assumptions = _ordered_union(self.meter_assumptions, m.assumptions)
-        priced = self.price({k: vars(v) for k, v in record.phases.items()})
+        priced = self.price({k: vars(v) for k, v in record.phases.items()}, record.hardware)
         record.carbon, record.totals = priced["carbon"], priced["totals"]
         for phase, co2e in priced["co2e_kg"].items():
             record.phases[phase].co2e_kg = co2e
+        for phase, kg in priced.get("embodied_kg", {}).items():
+            record.phases[phase].embodied_kg = kg
         record.assumptions = _ordered_union(
             self.meter_assumptions, priced["assumptions"], self.fixed_assumptions
         )
         if self.rank0:
             _log_quality(name, part)
             record.write(self.job_dir / "record.json")
+
+
+def _quality_line(q: dict[str, Any]) -> str:
+    def value(block: dict[str, Any] | None, unit: str = "") -> str:
+        v = (block or {}).get("value")
+        return "n/a" if v is None else f"{v:.3g}{unit}"
+
+    s = q["sampler"]
+    fidelity = "identical" if s["identical"] else value(s["psnr_db"], " dB")
+    ref = s["reference"]
+    line = (
+        f"autoencoder PSNR {value(q['autoencoder']['psnr_db'], ' dB')}, sampler PSNR "
+        f"{fidelity} vs {ref['scheduler']}-{ref['steps']}, diversity MS-SSIM "
+        f"{value(q['diversity']['ms_ssim'])}"
+    )
+    if q["fid"] is not None:
+        line += f", FID {value(q['fid'])}"
+    return f"{line} ({q['seconds']:.1f} s)"
+
+
+def _log_efficiency(name: str, e: dict[str, Any]) -> None:
+    """One line per phase: FLOPs, FLOP/s, MFU and J/PFLOP of each unit."""
+    if "error" in e:
+        return
+
+    def g(x: float | None, unit: str, factor: float = 1.0) -> str:
+        return "n/a" if x is None else f"{x * factor:.3g}{unit}"
+
+    def line(unit: str, count: int) -> str:
+        per_pflop = e["joules_per_pflop"][unit] or {}
+        return (
+            f"{unit} {count:.3g} FLOP at {g(e['achieved_flop_per_s'][unit], ' FLOP/s')}, "
+            f"MFU {g((e['mfu'] or {}).get(unit), '%', 100)}, "
+            f"{g(per_pflop.get('value'), ' J/PFLOP')}"
+        )
+
+    log.info("  %s: %s", name, "; ".join(line(*u) for u in e["flops_per_iteration"].items()))
 
 
 def _log_quality(name: str, part: PhaseRecord) -> None:
@@ -342,8 +426,8 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
     """Run the three measured phases, rewriting `record` after each one.
 
     Args:
-        price: `price(phases) -> {"carbon", "co2e_kg", "totals", "assumptions"}` for the
-            record's phases.
+        price: `price(phases, hardware) -> {"carbon", "co2e_kg", "totals", "assumptions"}`
+            for the record's phases on its hardware.
     """
     import torch
 
@@ -389,9 +473,11 @@ def execute(cfg: DictConfig, spec: LDMSpec, record: Record, job_dir: Path, price
     try:
         job.train(training_plan(cfg, "autoencoder", target.autoencoder_iterations), ae)
         trainer = job.train(training_plan(cfg, "diffusion", target.diffusion_iterations), dm)
-        job.synthesize(dm, trainer.world_size)
+        synthesis = job.synthesize(dm, trainer.world_size)
     finally:
         meters.close()
+    if cfg.quality.enabled and job.rank0:
+        job.evaluate_quality(dm, synthesis)
 
 
 def _hardware(cfg: DictConfig, trainer: Any, missing_meters: dict[str, str]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ python -m lpm.price multirun/<sweep> --zones DEU,FRA,US-CA --months 2024-01,2024
 
 A zone or month the --csv series does not cover is an error, unless --fallback annual prices it
 from CodeCarbon's annual tables; the row's `fallback` column then says what was asked and what
-was used. Records that cannot be priced are skipped and listed on stderr.
+was used. Records that cannot be priced are skipped and listed on stderr. The `embodied_kg`
+column is the hardware's manufacturing share (the record's factors), the same in every zone and
+month and not in `co2e_kg`.
 
 Exit status: 0 rows written, 1 no record could be priced, 2 bad arguments.
 """
@@ -17,10 +19,11 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lpm.carbon.embodied import Embodied, EmbodiedFactors
 from lpm.carbon.equivalents import Factors
 from lpm.carbon.intensity import (
     FALLBACKS,
@@ -35,7 +38,7 @@ from lpm.carbon.intensity import (
 )
 from lpm.carbon.intensity.periods import span
 from lpm.carbon.pricing import ASSUMPTION_PREFIXES, price
-from lpm.record.load import Loaded, load_records
+from lpm.record.load import Loaded, dig, load_records
 
 PROG = "python -m lpm.price"
 COLUMNS = (
@@ -46,6 +49,7 @@ COLUMNS = (
     "pue",
     "energy_kwh",
     "co2e_kg",
+    "embodied_kg",
     "car_km",
     "fallback",
 )
@@ -56,18 +60,27 @@ def priced_at(
     intensity: Intensity,
     pue: float | None = None,
     factors: Factors | None = None,
+    embodied: EmbodiedFactors | None = None,
 ) -> dict[str, Any]:
     """A copy of `record` priced at `intensity` (PUE: the record's unless given).
 
-    The copy's `carbon`, `totals`, per-phase `co2e_kg` and the carbon and equivalents lines of
-    `assumptions` are the new pricing's; everything else is the record's.
+    The copy's `carbon`, `totals`, per-phase `co2e_kg` and `embodied_kg` and the pricing lines
+    of `assumptions` are the new pricing's; everything else is the record's. Embodied CO2e is
+    priced for a record with a `hardware` block, with `embodied` factors when given, else the
+    record's own (`carbon.embodied`), else the defaults (a record from before embodied CO2e).
     """
     pue = pue if pue is not None else record["carbon"]["pue"]
-    priced = price(record["phases"], intensity, pue, factors)
+    hardware = record.get("hardware")
+    if hardware and embodied is None:
+        embodied = EmbodiedFactors.from_record(dig(record, "carbon.embodied"))
+    amortised = Embodied.of(embodied, hardware) if hardware else None
+    priced = price(record["phases"], intensity, pue, factors, amortised)
     out = json.loads(json.dumps(record))
     out["carbon"], out["totals"] = priced["carbon"], priced["totals"]
     for name, co2e in priced["co2e_kg"].items():
         out["phases"][name]["co2e_kg"] = co2e
+    for name, kg in priced.get("embodied_kg", {}).items():
+        out["phases"][name]["embodied_kg"] = kg
     kept = [a for a in record.get("assumptions") or [] if not a.startswith(ASSUMPTION_PREFIXES)]
     out["assumptions"] = kept + priced["assumptions"]
     return out
@@ -122,6 +135,7 @@ def reprice_sweep(
                     "pue": r["carbon"]["pue"],
                     "energy_kwh": r["totals"]["energy_kwh"],
                     "co2e_kg": r["totals"]["co2e_kg"],
+                    "embodied_kg": r["totals"].get("embodied_kg"),
                     "car_km": r["totals"].get("car_km"),
                     "fallback": r["carbon"]["fallback"] or "",
                 }
@@ -194,19 +208,24 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _intensities(
-    source: IntensitySource, zones: list[str], months: list[str], hint: str
+def look_up_all(
+    source: IntensitySource,
+    zones: list[str],
+    months: list[str],
+    hint: str,
+    fail: Callable[[str], NoReturn] = _fail,
 ) -> list[Intensity]:
-    """Every zone × month looked up before any record is read: a bad one stops the command."""
+    """Every zone × month looked up before any record is read: a bad one stops the command
+    through `fail` (one line naming the option; `hint` appended)."""
     out = []
     for zone in zones:
         for month in months or [None]:
             try:
                 out.append(source.lookup(zone, month))
             except UnknownZone as exc:
-                _fail(f"argument --zones: {exc}{hint}")
+                fail(f"argument --zones: {exc}{hint}")
             except OutOfRangeError as exc:
-                _fail(f"argument --months: {exc}{hint}")
+                fail(f"argument --months: {exc}{hint}")
     return out
 
 
@@ -243,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     hint = ""
     if args.csv and not args.fallback:
         hint = "; --fallback annual prices it from the annual tables"
-    intensities = _intensities(source, args.zones, args.months, hint)
+    intensities = look_up_all(source, args.zones, args.months, hint)
 
     records = load_priceable(args.sweep, args.pue)
     for loaded in records:

@@ -97,12 +97,14 @@ def _install_relaunch() -> None:
     pytorch_launcher._hydra_subprocess_cmd = _relaunch_this_job
 
 
-def pricer(cfg: DictConfig) -> Callable[[dict], dict]:
-    """The job's pricing function, with the intensity looked up now so a bad zone fails early.
+def pricer(cfg: DictConfig) -> Callable[[dict, dict], dict]:
+    """The job's pricing function of its phases and hardware, with the intensity looked up now
+    so a bad zone fails early.
 
     Raises:
         ConfigError: for an unknown zone or an unusable intensity source.
     """
+    from lpm.carbon.embodied import Embodied, EmbodiedFactors
     from lpm.carbon.equivalents import Factors
     from lpm.carbon.intensity import OutOfRangeError, UnknownZone, source_from_config
     from lpm.carbon.pricing import price
@@ -111,16 +113,19 @@ def pricer(cfg: DictConfig) -> Callable[[dict], dict]:
         source = source_from_config(OmegaConf.to_container(cfg.carbon))
         intensity = source.lookup(cfg.site.zone, cfg.carbon.when)
         factors = Factors.from_config(OmegaConf.to_container(cfg.equivalents))
+        embodied = EmbodiedFactors.from_config(OmegaConf.to_container(cfg.site.embodied))
     except (KeyError, ValueError, OSError, RuntimeError) as exc:
         message = str(exc)
         # The carbon modules name the field they reject ("carbon.csv: ..."); lookups do not.
         key, sep, detail = message.partition(": ")
-        if not (sep and key.startswith(("carbon.", "equivalents."))):
+        if not (sep and key.startswith(("carbon.", "equivalents.", "site.embodied."))):
             key = "carbon.when" if isinstance(exc, OutOfRangeError) else "site.zone"
             key = key if isinstance(exc, (UnknownZone, OutOfRangeError)) else "carbon.source"
             detail = message
         raise ConfigError(key, OmegaConf.select(cfg, key), detail) from exc
-    return lambda phases: price(phases, intensity, cfg.site.pue, factors)
+    return lambda phases, hardware: price(
+        phases, intensity, cfg.site.pue, factors, Embodied.of(embodied, hardware)
+    )
 
 
 class JobDirTakenError(Exception):

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 # Every unit runs 1 warm-up (no decode warm-up) + 3 measured iterations in 3 windows (the fewest
-# lpm accepts): a job takes a few seconds.
+# lpm accepts), no quality evaluation: a job takes a few seconds.
 TINY = [
     "logger=none",
     "gpus=cpu",
@@ -37,6 +37,9 @@ TINY = [
     "measure.synthesis.decodes=3",
     "measure.synthesis.decode_warmup=0",
     "measure.windows=3",
+    # The quality evaluation runs whole chains (1,000 DDPM steps plus the reference's): only
+    # tests/test_quality.py turns it on, with short chains.
+    "quality.enabled=false",
 ]
 SIZE_2D = ["dims.image_size=[16,16]"]
 SIZE_3D = ["dims=3d", "dims.image_size=[16,16,16]"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -255,12 +256,13 @@ def test_profile_attributes_time_to_its_owner() -> None:
 
 
 def test_shares_sum_to_one_by_owner() -> None:
-    class Stats:  # pstats.Stats' `stats`: (file, line, function) -> (cc, nc, tottime, ...)
-        stats = {
+    # pstats.Stats' `stats`: (file, line, function) -> (cc, nc, tottime, cumtime, callers)
+    stats = SimpleNamespace(
+        stats={
             ("~", 0, "<built-in method torch.conv2d>"): (1, 1, 3.0, 3.0, {}),
             ("/w/lpm/energy/callback.py", 1, "hook"): (1, 1, 0.5, 0.5, {}),
             ("/w/lpm/progress.py", 1, "bar"): (1, 1, 0.5, 0.5, {}),
         }
-
-    shares = bench._shares(Stats())
+    )
+    shares = bench._shares(stats)
     assert shares == {"torch operators (C++)": 0.75, "lpm (callbacks, modules, progress)": 0.25}

@@ -160,7 +160,8 @@ def record(model: str, status: str = "ok", **axes: Any) -> dict[str, Any]:
                  "batch_size": None, **size, **axes},
         "phases": phases if status == "ok" else {},
         "totals": {"energy_kwh": 1510, "energy_kwh_ci95": [1359, 1812], "co2e_kg": 604,
-                   "car_km": 5618.6} if status == "ok" else {},
+                   "car_km": 5618.6, "embodied_kg": 0.5, "embodied_kg_ci95": [0.45, 0.6]}
+        if status == "ok" else {},
         "job": {"seconds": 83.21, "overrides": [f"model={model}", "dims=3d"]},
     }  # fmt: skip
 
@@ -168,9 +169,14 @@ def record(model: str, status: str = "ok", **axes: Any) -> dict[str, Any]:
 def test_the_job_line_has_totals_with_intervals_car_km_verdicts_and_path() -> None:
     line = job_line(record("base"), "multirun/x/model=base/record.json")
     assert line == (
-        "ok in 83.2 s · projected: 1,510 (1,359–1,812) kWh, 604 (544–725) kg CO2e "
-        "≈ 5,619 car-km · autoencoder stable, synthesis noisy -> multirun/x/model=base/record.json"
+        "ok in 83.2 s · projected: 1,510 (1,359–1,812) kWh, 604 (544–725) kg CO2e operational "
+        "(≈ 5,619 car-km) + 0.5 (0.45–0.6) kg embodied · autoencoder stable, synthesis noisy "
+        "-> multirun/x/model=base/record.json"
     )
+    # A record from before embodied CO2e: the operational figure alone.
+    old = record("base")
+    del old["totals"]["embodied_kg"], old["totals"]["embodied_kg_ci95"]
+    assert "kg CO2e operational (≈ 5,619 car-km) · autoencoder" in job_line(old, "r.json")
 
 
 def test_the_job_line_marks_cpu_scale_and_says_less_when_nothing_was_projected() -> None:
@@ -190,9 +196,9 @@ def test_the_sweep_table_shows_the_axes_that_vary_status_co2e_and_verdict(tmp_pa
     # image_size and batch_size differ too (unknown to the failed job): no columns of their own.
     found = loaded(tmp_path, {"a": record("base"), "b": record("small", status="failed")})
     assert sweep_table(found) == [
-        "model  status  kg CO2e        verdict",
-        "base   ok      604 (544–725)  noisy: synthesis",
-        "small  failed  -              -",
+        "model  status  kg CO2e operational  kg embodied     verdict",
+        "base   ok      604 (544–725)        0.5 (0.45–0.6)  noisy: synthesis",
+        "small  failed  -                    -               -",
     ]
 
 
@@ -262,10 +268,12 @@ def test_the_sweep_ends_with_its_table_and_the_report_command(sweep: Sweep) -> N
     end = sweep.proc.stdout.splitlines()[-5:]
     found = {r.record["axes"]["model"]: r.record for r in load_records(sweep.out)}
     assert end[0] == f"sweep {sweep.out}: 2 ok"
-    assert end[1].split() == ["model", "status", "kg", "CO2e", "verdict"]
+    assert end[1].split() == ["model", "status", "kg", "CO2e", "operational", "kg", "embodied",
+                              "verdict"]  # fmt: skip
     assert sorted(row.split()[0] for row in end[2:4]) == sorted(found)
     for row in end[2:4]:
-        model, status, co2e = row.split()[:3]
+        model, status, co2e, _, made = row.split()[:5]
         assert status == "ok"
         assert float(co2e) == pytest.approx(found[model]["totals"]["co2e_kg"], rel=1e-2)
+        assert float(made) == pytest.approx(found[model]["totals"]["embodied_kg"], rel=1e-2)
     assert sweep.proc.stdout.rstrip().endswith(f"next: python -m lpm.report {sweep.out}")

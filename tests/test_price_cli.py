@@ -131,6 +131,7 @@ def test_rows_have_a_fallback_column_empty_without_one(
         "pue",
         "energy_kwh",
         "co2e_kg",
+        "embodied_kg",
         "car_km",
         "fallback",
     ]

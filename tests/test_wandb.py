@@ -13,10 +13,20 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+import wandb
 from conftest import REPO, SHORT_DIRNAMES, SIZE_2D, TINY, lpm_run, read_record
+from test_report import make_record
+from test_report_quality import with_efficiency, with_embodied, with_quality
 from wandb.proto import wandb_internal_pb2
 
-from lpm.record.sinks import WANDB_TARGET, close_wandb, keep_wandb_in, tags
+from lpm.record.sinks import (
+    WANDB_TARGET,
+    close_wandb,
+    keep_wandb_in,
+    log_wandb,
+    tags,
+    wandb_summary,
+)
 
 BLOCK = 32 * 1024  # the .wandb file is a LevelDB-style log: 32 KiB blocks of chunked records
 HEADER = 7  # ":W&B", a 2-byte magic and a version byte; each chunk: crc32, length, type
@@ -162,6 +172,25 @@ def test_the_summary_holds_projected_kwh_and_co2e_per_phase_and_verdicts(sweep: 
         assert run.summary["projected/total/car_km"] == totals["car_km"]
 
 
+def test_the_summary_holds_each_phases_flops_and_embodied_kg(sweep: Sweep) -> None:
+    for record, run in jobs(sweep).values():
+        for name, phase in record["phases"].items():
+            efficiency = phase["efficiency"]
+            for unit, flops in efficiency["flops_per_iteration"].items():
+                key = f"efficiency/{name}/{unit}"
+                assert run.summary[f"{key}/flops"] == flops
+                joules = efficiency["joules_per_pflop"][unit]
+                assert run.summary.get(f"{key}/j_per_pflop") == (joules or {}).get("value")
+                assert run.summary.get(f"{key}/mfu") == (efficiency["mfu"] or {}).get(unit)
+            embodied = phase["embodied_kg"]["projected"]
+            assert run.summary[f"projected/{name}/embodied_kg"] == pytest.approx(embodied)
+        totals = record["totals"]
+        assert run.summary["projected/total/embodied_kg"] == pytest.approx(totals["embodied_kg"])
+        assert run.summary["projected/total/co2e_with_embodied_kg"] == pytest.approx(
+            totals["co2e_with_embodied_kg"]
+        )
+
+
 def test_the_history_has_power_and_energy_of_every_window(sweep: Sweep) -> None:
     for record, run in jobs(sweep).values():
         for name, phase in record["phases"].items():
@@ -174,6 +203,43 @@ def test_the_history_has_power_and_energy_of_every_window(sweep: Sweep) -> None:
                 )
                 for component in measured["energy_j"].keys() - {"total"}:
                     assert all(row[f"{key}/{component}_w"] > 0 for row in logged)
+
+
+def test_the_summary_holds_quality_efficiency_and_embodied_flat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record with the contract's newer blocks, logged to an offline run in this process and
+    read back from the run file."""
+    record = with_embodied(with_efficiency(with_quality(make_record(), 25.0, fid=33.0)))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    keep_wandb_in(tmp_path)
+    try:
+        wandb.init(project="lpm-test", mode="offline", dir=tmp_path)
+        assert log_wandb(record)
+    finally:
+        close_wandb()
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    summary = read_run(run_file).summary
+    assert summary["quality/sampler/psnr_db"] == 25.0
+    assert summary["quality/sampler/psnr_db_lo"] == 23.5
+    assert summary["quality/autoencoder/ssim"] == 0.9 and summary["quality/fid"] == 33.0
+    assert summary["quality/diversity/ms_ssim"] == 0.3
+    assert summary["quality/sampler/identical"] is False
+    assert summary["efficiency/synthesis/unet/flops"] == 2e12
+    assert summary["efficiency/synthesis/decode/j_per_pflop"] == 1000.0
+    assert summary["efficiency/diffusion/step/mfu"] == 0.3
+    assert summary["projected/total/embodied_kg"] == record["totals"]["embodied_kg"]
+    assert summary["projected/total/co2e_with_embodied_kg"] == pytest.approx(
+        record["totals"]["co2e_with_embodied_kg"]
+    )
+    assert summary["projected/total/co2e_kg"] == pytest.approx(record["totals"]["co2e_kg"])
+    new = {
+        k: v
+        for k, v in wandb_summary(record).items()
+        if k.startswith(("quality/", "efficiency/")) or "embodied" in k
+    }
+    assert len(new) > 30 and {k: summary[k] for k in new} == new
 
 
 def test_nothing_under_home_changes_and_each_job_keeps_its_own_wandb_files(sweep: Sweep) -> None:

@@ -9,7 +9,7 @@ marked INFERRED.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,29 @@ class Factor:
     def inferred(self) -> bool:
         """Inferred from the study's numbers rather than stated by a source: an assumption."""
         return "INFERRED" in self.source
+
+
+def with_config(
+    defaults: Any, cfg: Mapping[str, Any], prefix: str, problem: Callable[[str, Any], str | None]
+) -> Any:
+    """`defaults` (a dataclass of :class:`Factor`) with the values in `cfg` substituted.
+
+    A value equal to the default keeps its cited source; any other is sourced to the config.
+
+    Raises:
+        ValueError: "<prefix>.<name>: <what it accepts>, got <value>", or naming the allowed
+            names for an unknown one; `problem(name, value)` says what is wrong, None if nothing.
+    """
+    allowed = [f.name for f in dataclasses.fields(defaults)]
+    changes: dict[str, Factor] = {}
+    for key, value in cfg.items():
+        if key not in allowed:
+            raise ValueError(f"{prefix}.{key}: unknown factor; allowed: {', '.join(allowed)}")
+        if (why := problem(key, value)) is not None:
+            raise ValueError(f"{prefix}.{key}: {why}, got {value!r}")
+        if float(value) != getattr(defaults, key).value:
+            changes[key] = Factor(float(value), f"config: {prefix}.{key} = {value}")
+    return dataclasses.replace(defaults, **changes)
 
 
 @dataclass(frozen=True)
@@ -48,23 +71,12 @@ class Factors:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Factors:
-        """Defaults with the values in `cfg` (keys: the field names) substituted.
+        """Defaults with the values in `cfg` (keys: the field names) substituted."""
 
-        A value equal to the default keeps its cited source; any other is sourced to the config.
-        """
-        defaults = cls()
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        changes: dict[str, Factor] = {}
-        for key, value in cfg.items():
-            if key not in allowed:
-                raise ValueError(
-                    f"equivalents.{key}: unknown factor; allowed: {', '.join(allowed)}"
-                )
-            if value is None or float(value) <= 0:
-                raise ValueError(f"equivalents.{key}: must be > 0, got {value!r}")
-            if float(value) != getattr(defaults, key).value:
-                changes[key] = Factor(float(value), f"config: equivalents.{key} = {value}")
-        return dataclasses.replace(defaults, **changes)
+        def problem(key: str, value: Any) -> str | None:
+            return "must be > 0" if value is None or float(value) <= 0 else None
+
+        return with_config(cls(), cfg, "equivalents", problem)
 
     def assumptions(self) -> list[str]:
         """One line per INFERRED factor: 'equivalents: flight_g_per_pkm = 240, INFERRED ...'."""

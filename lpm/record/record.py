@@ -93,8 +93,14 @@ class PhaseRecord:
     target: dict[str, Any]
     projected: dict[str, Any]
     co2e_kg: dict[str, Any] = field(default_factory=lambda: {"measured": None, "projected": None})
+    # The hardware's manufacturing share, priced with co2e_kg and never part of it.
+    embodied_kg: dict[str, Any] = field(
+        default_factory=lambda: {"measured": None, "projected": None}
+    )
     verdict: dict[str, Any] = field(default_factory=dict)  # {status: stable|noisy, reasons}
     coverage: dict[str, Any] = field(default_factory=dict)  # {component: {metered, expected}}
+    # Energy per unit of work (lpm.energy.flops.efficiency) or {"error": ...}; None if not counted.
+    efficiency: dict[str, Any] | None = None
 
 
 @dataclass
@@ -113,6 +119,8 @@ class Record:
     job: dict[str, Any] = field(default_factory=dict)
     # Every assumption a number rests on, one short line each: meters, pricing, scale.
     assumptions: list[str] = field(default_factory=list)
+    # Quality beside carbon (lpm.quality.evaluate), or {"error": ...}; None when not evaluated.
+    quality: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -134,10 +134,78 @@ def write_csv_row(record: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _bounded(name: str, value: Any, ci: Any) -> dict[str, Any]:
+    """`name` with its 95% bounds as `name_lo`, `name_hi` where the record has them."""
+    if value is None:
+        return {}
+    low, high = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+    bounds = {f"{name}_lo": low, f"{name}_hi": high} if low is not None else {}
+    return {name: value} | bounds
+
+
+def _quality_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Each quality metric (`quality/sampler/psnr_db`, `quality/fid`, ...) with its bounds, and
+    the sampler's `identical` (its PSNR ∞, not logged) and `stochastic` flags."""
+    quality = record.get("quality")
+    if not isinstance(quality, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    for part, block in quality.items():
+        if not isinstance(block, Mapping):
+            continue
+        if "value" in block:  # fid: a metric of its own
+            out |= _bounded(f"quality/{part}", block["value"], block.get("ci95"))
+            continue
+        for key, entry in block.items():
+            name = f"quality/{part}/{key}"
+            if isinstance(entry, Mapping) and "value" in entry:
+                out |= _bounded(name, entry["value"], entry.get("ci95"))
+            elif key in ("identical", "stochastic") and isinstance(entry, bool):
+                out[name] = entry
+    return out
+
+
+def _efficiency_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Per phase and unit: FLOPs per iteration, joules per PFLOP with bounds, MFU
+    (`efficiency/<phase>/<unit>/...`)."""
+    out: dict[str, Any] = {}
+    for phase, block in (record.get("phases") or {}).items():
+        eff = block.get("efficiency") if isinstance(block, Mapping) else None
+        if not isinstance(eff, Mapping):
+            continue
+        mfu = eff.get("mfu") or {}
+        for unit, flops in (eff.get("flops_per_iteration") or {}).items():
+            name = f"efficiency/{phase}/{unit}"
+            joules = (eff.get("joules_per_pflop") or {}).get(unit) or {}
+            out |= {f"{name}/flops": flops}
+            out |= _bounded(f"{name}/j_per_pflop", joules.get("value"), joules.get("ci95"))
+            out |= _bounded(f"{name}/mfu", mfu.get(unit), None)
+    return out
+
+
+def _embodied_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Projected embodied kg CO2e per phase and in total, and the total with it
+    (`projected/<phase>/embodied_kg`, `projected/total/co2e_with_embodied_kg`): beside the
+    operational `co2e_kg`, never in it."""
+    out: dict[str, Any] = {}
+    for phase, block in (record.get("phases") or {}).items():
+        embodied = block.get("embodied_kg") if isinstance(block, Mapping) else None
+        if isinstance(embodied, Mapping):
+            value, ci = embodied.get("projected"), embodied.get("projected_ci95")
+            out |= _bounded(f"projected/{phase}/embodied_kg", value, ci)
+    totals = record.get("totals") or {}
+    out |= _bounded(
+        "projected/total/embodied_kg", totals.get("embodied_kg"), totals.get("embodied_kg_ci95")
+    )
+    with_embodied = totals.get("co2e_with_embodied_kg")
+    return out | _bounded("projected/total/co2e_with_embodied_kg", with_embodied, None)
+
+
 def wandb_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     """Per phase and in total: projected kWh and kg CO2e with their 95% bounds
-    (`projected/<phase>/co2e_kg`, `..._lo`, `..._hi`), car-km, and each phase's verdict
-    (`verdict/<phase>`)."""
+    (`projected/<phase>/co2e_kg`, `..._lo`, `..._hi`), embodied kg CO2e on its own, car-km,
+    each phase's verdict (`verdict/<phase>`) and energy per unit of work
+    (`efficiency/<phase>/<unit>/...`), and the quality metrics (`quality/...`)."""
     out: dict[str, Any] = {}
     for phase, estimates in projected(record).items():
         for key, e in estimates.items():
@@ -146,7 +214,8 @@ def wandb_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     car_km = (record.get("totals") or {}).get("car_km")
     if car_km is not None:
         out["projected/total/car_km"] = car_km
-    return out | {f"verdict/{phase}": status for phase, status in verdicts(record).items()}
+    out |= {f"verdict/{phase}": status for phase, status in verdicts(record).items()}
+    return out | _embodied_summary(record) | _efficiency_summary(record) | _quality_summary(record)
 
 
 def log_wandb(record: Mapping[str, Any]) -> bool:

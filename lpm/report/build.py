@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lpm.record.load import dig
 from lpm.record.sinks import flatten
 from lpm.report.checks import Check, run_checks
 from lpm.report.document import document, headline_notes, headlines, markdown, to_html
@@ -54,17 +55,70 @@ def _intervals(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _totals(job: Job) -> dict[str, Any]:
-    """Projected total kg CO2e and hours of all phases with their 95% intervals."""
+    """Projected totals of all phases with their 95% intervals: operational kg CO2e and hours,
+    then embodied kg CO2e and operational plus embodied, each its own column (blank in records
+    without embodied emissions: never folded into the operational total)."""
+    co2e = job.co2e()
+    embodied = job.embodied()
+    named = {
+        "co2e_kg_total": co2e,
+        "hours_total": job.hours(),
+        "embodied_kg_total": embodied,
+        "co2e_with_embodied_kg_total": None if embodied is None else co2e + embodied,
+    }
     out: dict[str, Any] = {}
-    for name, e in (("co2e_kg_total", job.co2e()), ("hours_total", job.hours())):
-        out |= {name: e.value, f"{name}_lo": e.low, f"{name}_hi": e.high}
+    for name, e in named.items():
+        values = (None, None, None) if e is None else (e.value, e.low, e.high)
+        out |= dict(zip((name, f"{name}_lo", f"{name}_hi"), values, strict=True))
+    return out
+
+
+# (column, the record's `{value, ci95}` entry, whether it has an interval)
+QUALITY_COLUMNS = (
+    ("ae_psnr_db", "quality.autoencoder.psnr_db", True),
+    ("ae_ssim", "quality.autoencoder.ssim", True),
+    ("sampler_psnr_db", "quality.sampler.psnr_db", True),
+    ("sampler_ssim", "quality.sampler.ssim", True),
+    ("diversity_ms_ssim", "quality.diversity.ms_ssim", True),
+    ("fid", "quality.fid", False),
+)
+
+
+def _entry(name: str, entry: Any, interval: bool = True) -> dict[str, Any]:
+    """A `{value, ci95}` entry as `name` (and `name_lo`, `name_hi`); blank where not recorded."""
+    entry = entry if isinstance(entry, Mapping) else {}
+    low, high = entry.get("ci95") or (None, None)
+    return {name: entry.get("value")} | (
+        {f"{name}_lo": low, f"{name}_hi": high} if interval else {}
+    )
+
+
+def _quality(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The quality metrics under short names; `sampler_identical` where the sampler is the
+    reference (its PSNR ∞, left blank), `sampler_stochastic` where its fidelity reads low."""
+    out: dict[str, Any] = {}
+    for name, path, interval in QUALITY_COLUMNS:
+        out |= _entry(name, dig(record, path), interval)
+    flags = ("identical", "stochastic")
+    return out | {f"sampler_{f}": dig(record, f"quality.sampler.{f}") for f in flags}
+
+
+def _efficiency(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Per phase and unit: joules per PFLOP with its interval, and MFU (blank without a peak)."""
+    out: dict[str, Any] = {}
+    for phase in PHASES:
+        block = dig(record, f"phases.{phase}.efficiency") or {}
+        for unit, entry in (block.get("joules_per_pflop") or {}).items():
+            out |= _entry(f"j_per_pflop_{phase}_{unit}", entry)
+            out[f"mfu_{phase}_{unit}"] = (block.get("mfu") or {}).get(unit)
     return out
 
 
 def write_results(study: Study, path: Path) -> Path:
     """One row per job: the job dir, its one status (the record's, or why the report could not
-    read it), site, projected totals with their intervals, how the report took it (per phase its
-    verdict and coverage, its pool of repeats), then every record field, flat, intervals as
+    read it), site, projected totals with their intervals (operational, embodied, their sum),
+    how the report took it (per phase its verdict and coverage, its pool of repeats), quality
+    and energy per PFLOP under short names, then every record field, flat, intervals as
     `_lo`/`_hi` columns."""
     pools = {r.name: j.name for j in study.jobs for r in j.runs}
     rows: list[dict[str, Any]] = []
@@ -72,6 +126,7 @@ def write_results(study: Study, path: Path) -> Path:
         row: dict[str, Any] = {"job": job.name, "status": job.status, "error": job.error or ""}
         if job.ok:
             row |= {"site": job.axis("site")} | _totals(job) | _judged(job, pools)
+            row |= _quality(job.record) | _efficiency(job.record)
         if job.record:
             fields = flatten(_intervals(job.record))
             row |= {k: v for k, v in fields.items() if k not in ("status", "error")}

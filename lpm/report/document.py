@@ -13,6 +13,8 @@ from typing import Any
 
 from lpm.carbon.intensity import Intensity
 from lpm.energy.window import Estimate
+from lpm.report.advice import advise
+from lpm.report.advice import blocks as advice_blocks
 from lpm.report.figures import Figure, Omission, describe, speedups
 from lpm.report.study import (
     Study,
@@ -234,10 +236,34 @@ def _speedup_lines(study: Study) -> list[str]:
     return out
 
 
+def _embodied_lines(study: Study) -> list[str]:
+    """Per dims, the embodied emissions of the job the headlines use, on a line of their own
+    beside its operational CO2e and with the sum: never folded into the operational numbers."""
+    out = []
+    for (dims,), job in pick(study.usable(PHASES, headline=True), study.base, ("dims",)).items():
+        if (embodied := job.embodied()) is None:
+            continue
+        operational = job.co2e()
+        out.append(
+            f"Embodied emissions (manufacturing the hardware, amortised over its service life by "
+            f"the device-hours used) add {_kg(embodied, job)} to the {fmt(operational.value)} kg "
+            f"operational CO2e of {str(dims).upper()} training and synthesis: "
+            f"{fmt((operational + embodied).value)} kg in all.{_caveat((job, PHASES))} "
+            f"{_context(study, job)}"
+        )
+    return out
+
+
 def headlines(study: Study) -> list[str]:
     """The study's sentences, from this sweep's numbers: none from a phase with incomplete meter
     coverage, none from a noisy phase unless `study.include_noisy`, none a check contradicts."""
-    return _dims_lines(study) + _size_line(study) + _site_lines(study) + _speedup_lines(study)
+    return (
+        _dims_lines(study)
+        + _embodied_lines(study)
+        + _size_line(study)
+        + _site_lines(study)
+        + _speedup_lines(study)
+    )
 
 
 # --- tables ---------------------------------------------------------------------------------------
@@ -282,7 +308,15 @@ def _jobs_table(study: Study) -> tuple[list[str], list[list[str]]]:
         a for a in AXES if a != "speed" or any(j.axis(a) != NO_SPEED_FLAGS for j in study.jobs)
     ]
     header = ["job", *(AXIS_NAMES.get(a, a) for a in shown), "runs"]
-    header += ["training kg", "synthesis kg", "total kg (95% CI)", "car km", "hours", "verdict"]
+    # Embodied emissions, where recorded, get columns of their own beside the operational total.
+    embodied = any(j.embodied() is not None for j in study.jobs)
+    header += ["training kg", "synthesis kg"]
+    header += (
+        ["operational kg (95% CI)", "embodied kg (95% CI)", "operational + embodied kg (95% CI)"]
+        if embodied
+        else ["total kg (95% CI)"]
+    )
+    header += ["car km", "hours", "verdict"]
     car = study.factor("car_g_per_km")
     label = _labeller(study)
     rows = []
@@ -296,12 +330,20 @@ def _jobs_table(study: Study) -> tuple[list[str], list[list[str]]]:
                 _cell(job, TRAINING, fmt(job.co2e(TRAINING).value)),
                 _cell(job, SYNTHESIS, fmt(job.co2e(SYNTHESIS).value)),
                 _cell(job, PHASES, _ci(total)),
+                *(_embodied_cells(job) if embodied else ()),
                 _cell(job, PHASES, fmt(total.value * 1000 / car)),
                 _cell(job, PHASES, fmt(job.hours().value)),
                 _verdicts(job),
             ]
         )
     return header, rows
+
+
+def _embodied_cells(job: Job) -> list[str]:
+    """Embodied kg CO2e and operational plus embodied, each with its 95% interval."""
+    if (embodied := job.embodied()) is None:
+        return ["not recorded", "not recorded"]
+    return [_cell(job, PHASES, _ci(embodied)), _cell(job, PHASES, _ci(job.co2e() + embodied))]
 
 
 def _repeats_table(study: Study) -> tuple[list[str], list[list[str]]]:
@@ -493,6 +535,8 @@ def document(study: Study, figures: list[Figure | Omission], lines: list[str]) -
             ("h2", "Zones"),
             ("table", _zones_table(study)),
         ]  # fmt: skip
+    if study.jobs:  # `python -m lpm.advise`, at the recorded sites and the zones above
+        blocks += advice_blocks(advise(study, study.zones))
     label = _labeller(study)
     problems = [[label(j.name), j.status, j.error or ""] for j in study.sweep.jobs if not j.ok]
     problems += [

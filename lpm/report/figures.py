@@ -6,9 +6,11 @@ projected budget numbers; `lpm.report.plot` draws them.
 
 from __future__ import annotations
 
+import math
 import re
 import textwrap
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,6 +36,7 @@ from lpm.report.sweep import (
     matched,
     off_baseline,
     pick,
+    reference_sampler,
     sort_key,
 )
 
@@ -45,6 +48,8 @@ TITLES = {
     "fig3_months": "Seasonal differences",
     "fig4_speedups": "Speed-up techniques against the baseline",
     "windows": "Per-window energy of the reference job",
+    "fig5_pareto": "CO2e against quality",
+    "fig6_efficiency": "Energy per unit of work",
 }
 # A figure's bar panels share one y axis, logarithmic once the values span more than two decades.
 LOG_SPAN = 100.0
@@ -99,11 +104,37 @@ class Windows:
 
 
 @dataclass(frozen=True)
+class Point:
+    """One job in a trade-off panel: its projected CO2e (x) against a quality metric (y)."""
+
+    label: str
+    kg: Estimate
+    quality: Estimate | None  # None: the job's sampler is the reference (PSNR ∞)
+    noisy: bool = False  # a phase behind its CO2e has a noisy verdict: drawn faded
+    stochastic: bool = False  # its sampler adds noise: its fidelity to the reference reads low
+    frontier: bool = False  # no job of its family has both less CO2e and better quality
+    runs: int = 1
+    family: str = ""  # the kind of image it makes ('3D 144×176×112 paper'): one frontier each
+
+
+@dataclass(frozen=True)
+class Scatter:
+    """CO2e against one quality metric, job by job, the Pareto frontier marked on the points."""
+
+    points: tuple[Point, ...]
+    xlabel: str
+    ylabel: str
+    title: str = ""
+    reference: float | None = None  # y at which jobs identical to the reference sit
+    log: bool = False  # x spans more than two decades
+
+
+@dataclass(frozen=True)
 class Figure:
     name: str
     title: str
     caption: str
-    panels: tuple[Panel | Heatmap | Windows, ...]
+    panels: tuple[Panel | Heatmap | Windows | Scatter, ...]
     stacked: bool = False  # panels one above the other (shared categories), else side by side
     log: bool = False  # bar panels on a log axis: then no bar stacks phases (see `arranged`)
     stamp: str = ""  # the scale the numbers stand for, printed on the figure
@@ -308,7 +339,7 @@ def _training_and_synthesis(
     return groups, list(dict.fromkeys([*training.values(), *synthesis.values()]))
 
 
-def _bars_of(panels: Iterable[Panel | Heatmap | Windows]) -> list[Bar]:
+def _bars_of(panels: Iterable[Panel | Heatmap | Windows | Scatter]) -> list[Bar]:
     return [b for p in panels if isinstance(p, Panel) for _, bars in p.groups for b in bars]
 
 
@@ -408,7 +439,7 @@ def fig3_site(study: Study, stack: bool = True) -> Figure | Omission:
         for i in study.zones
     )
     factor = high_kg / low_kg
-    panels: list[Panel | Heatmap | Windows] = [
+    panels: list[Panel | Heatmap | Windows | Scatter] = [
         Panel((("", bars),), KG, f"{describe(job)}, re-priced at each zone")
     ]
     shown = [job]
@@ -759,7 +790,337 @@ def windows(study: Study, stack: bool = True) -> Figure | Omission:
     )
 
 
-BUILDERS = (fig1_dims, fig2_size, fig3_site, fig3_months, fig4_speedups, windows)
+# --- quality against CO2e, energy per unit of work --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A quality metric the Pareto figure sets against the CO2e of the phases that buy it."""
+
+    title: str
+    path: str  # dotted key of its `{"value", "ci95"}` entry in the record
+    label: str  # the y axis
+    phases: tuple[str, ...]
+    what: str  # for the caption
+    higher_better: bool = True
+    sampler: bool = False  # sampler fidelity: reference jobs at ∞, stochastic samplers apart
+    # Axes that change neither the metric nor its CO2e: one point per setting of the other axes.
+    same_for: tuple[str, ...] = ()
+
+
+QUALITY = (
+    Metric(
+        "sampler fidelity",
+        "quality.sampler.psnr_db",
+        "PSNR to the reference sampler, dB",
+        ("synthesis",),
+        "image-space PSNR between each job's samples and the reference sampler's from the same "
+        "initial noise, against synthesis CO2e",
+        sampler=True,
+    ),
+    Metric(
+        "autoencoder reconstruction",
+        "quality.autoencoder.psnr_db",
+        "reconstruction PSNR, dB",
+        TRAINING,
+        "PSNR of the autoencoder's reconstructions of held-out images, against training CO2e "
+        "(autoencoder and diffusion), one point per training setting (the job nearest the "
+        "baseline sampler: sampler and steps change neither)",
+        same_for=("sampler", "steps"),
+    ),
+    Metric(
+        "FID",
+        "quality.fid",
+        "FID (lower is better)",
+        ("synthesis",),
+        "FID of the samples with the feature extractor the record names, against synthesis CO2e",
+        higher_better=False,
+    ),
+)
+UNIT_NAMES = {"unet": "UNet"}
+
+
+def frontier(points: Sequence[tuple[float, float]], higher_better: bool = True) -> list[int]:
+    """Indices of the (kg CO2e, quality) pairs no other pair dominates: none has no more CO2e and
+    no worse quality while better in one of them (quality ∞: identical to the reference)."""
+    sign = 1.0 if higher_better else -1.0
+    ranked = [(kg, sign * q) for kg, q in points]
+    return [
+        i
+        for i, (kg, q) in enumerate(ranked)
+        if not any(k <= kg and r >= q and (k < kg or r > q) for k, r in ranked)
+    ]
+
+
+def _above(qualities: Sequence[Estimate]) -> float:
+    """Where the '= reference' line sits: clear above every finite quality and its interval."""
+    if not qualities:
+        return 0.0
+    top = max(q.high for q in qualities)
+    span = top - min(q.low for q in qualities)
+    return top + (0.15 * span if span > 0 else max(1.0, 0.1 * abs(top)))
+
+
+def _compact(job: Job, axes: Sequence[str]) -> str:
+    """'3D base ddim 50': a job's values on `axes`, steps with their sampler."""
+    parts = []
+    for axis in axes:
+        if axis == "sampler":
+            parts.append(f"{job.axis('sampler')} {job.axis('steps')}")
+        elif axis == "steps" and "sampler" not in axes:
+            parts.append(f"{job.axis('steps')} steps")
+        elif axis == "dims":
+            parts.append(str(job.axis("dims")).upper())
+        elif axis != "steps":
+            parts.append(str(job.axis(axis)))
+    return " ".join(parts)
+
+
+def point_labels(study: Study, jobs: Sequence[Job]) -> list[str]:
+    """Each job's values on the axes `jobs` differ in ('3D base ddim 50'); its short label
+    where that names no axis or reads like another job's."""
+    # Dimensionality first: it moves CO2e the most.
+    order = ("dims", *(a for a in AXES if a != "dims"))
+    differ = [a for a in order if len({j.axis(a) for j in jobs}) > 1]
+    labels = [_compact(j, differ) for j in jobs]
+    counts = Counter(labels)
+    return [
+        label if label and counts[label] == 1 else study.short(job.name)
+        for job, label in zip(jobs, labels, strict=True)
+    ]
+
+
+def _family(job: Job) -> str:
+    """'3D 144×176×112 paper': the kind of image a job makes; quality compares within one."""
+    size = "×".join(map(str, dig(job.record, "axes.image_size") or ()))
+    return " ".join(
+        filter(None, (str(job.axis("dims")).upper(), size, dig(job.record, "axes.scale")))
+    )
+
+
+def _tradeoff(study: Study, metric: Metric) -> tuple[Scatter, list[Job]] | None:
+    """The jobs with complete meter coverage of `metric`'s phases that recorded it (sampler
+    fidelity: or whose sampler is the reference), as points, cheapest first; None when none
+    did."""
+    candidates = [
+        job
+        for job in study.usable(metric.phases)
+        if job.metric(metric.path) is not None
+        or (metric.sampler and job.flag("quality.sampler.identical"))
+    ]
+    if not candidates:
+        return None
+    if metric.same_for:
+        free = tuple(a for a in AXES if a not in metric.same_for)
+        candidates = list(pick(candidates, study.base, free).values())
+    candidates.sort(key=lambda j: j.co2e(metric.phases).value)
+    found = [(job, job.metric(metric.path)) for job in candidates]
+    kg = [job.co2e(metric.phases) for job, _ in found]
+    stochastic = [metric.sampler and job.flag("quality.sampler.stochastic") for job, _ in found]
+    # One frontier per kind of image (2D and 3D images are not the same product).
+    families = [_family(job) for job in candidates]
+    best: set[int] = set()
+    for family in dict.fromkeys(families):
+        # A stochastic sampler's samples differ from the deterministic reference's by its own
+        # noise: its fidelity reads low whatever its quality, so it marks no frontier.
+        ranked = [i for i, f in enumerate(families) if f == family and not stochastic[i]]
+        pairs = [(kg[i].value, math.inf if found[i][1] is None else found[i][1].value)
+                 for i in ranked]  # fmt: skip
+        best |= {ranked[i] for i in frontier(pairs, metric.higher_better)}
+    labels = point_labels(study, candidates)
+    points = tuple(
+        Point(
+            labels[i],
+            kg[i],
+            quality,
+            bool(job.noisy(metric.phases)),
+            stochastic[i],
+            i in best,
+            len(job.pooled(metric.phases)) if job.runs else 1,
+            families[i],
+        )
+        for i, (job, quality) in enumerate(found)
+    )
+    finite = [q for _, q in found if q is not None]
+    spread = [v for e in kg for v in (e.low, e.value, e.high) if v > 0]
+    reference = f" (reference: {reference_sampler(candidates)})" if metric.sampler else ""
+    title = metric.title + reference
+    panel = Scatter(
+        points,
+        f"kg CO2e of {' and '.join(metric.phases)} (projected)",
+        metric.label,
+        title,
+        _above(finite) if len(finite) < len(found) else None,
+        bool(spread) and max(spread) / min(spread) > LOG_SPAN,
+    )
+    return panel, candidates
+
+
+def _has_quality(job: Job) -> bool:
+    return isinstance(dig(job.record, "quality"), Mapping)
+
+
+def fig5_pareto(study: Study, stack: bool = True) -> Figure | Omission:
+    name, title = "fig5_pareto", TITLES["fig5_pareto"]
+    if not any(_has_quality(j) for j in study.jobs):
+        why = "no job recorded quality (records that predate it, or quality.enabled=false)"
+        return Omission(name, title, why)
+    built = [(m, t) for m in QUALITY if (t := _tradeoff(study, m))]
+    if not built:
+        return Omission(name, title, "no job with quality metrics has complete meter coverage")
+    panels = tuple(panel for _, (panel, _) in built)
+    shown = list(dict.fromkeys(j for _, (_, jobs) in built for j in jobs))
+    points = [p for panel in panels for p in panel.points]
+    lacking = [study.short(j.name) for j in study.jobs if not _has_quality(j)]
+    caption = (
+        "Projected CO2e (x) against quality (y) for every job that measured it, one panel per "
+        "metric: "
+        + "; ".join(f"{m.title}, {m.what}" for m, _ in built)
+        + ". Points are labelled by the axes their jobs differ in. Whiskers: 95% intervals "
+        "(CO2e projected; quality a t-interval over images"
+        + ("; n=k: between k repeats" if any(p.runs > 1 for p in points) else "")
+        + "). A line joins each Pareto frontier (filled points): the jobs no other job making "
+        "the same kind of image (dims, size, scale) beats with less CO2e and better quality, so "
+        "up and to the left is better"
+        + (" (down and to the left for FID)" if any(not m.higher_better for m, _ in built) else "")
+        + "."
+        + (
+            " Jobs whose sampler is the reference itself sit on the dashed line '= reference' "
+            "(PSNR ∞)."
+            if any(p.reference is not None for p in panels)
+            else ""
+        )
+        + (
+            " Open triangles: stochastic samplers (DDPM, η > 0), compared with a deterministic "
+            "reference, so their fidelity reads low; they mark no frontier."
+            if any(p.stochastic for p in points)
+            else ""
+        )
+        + (
+            " Faded points: a phase behind their CO2e has a noisy verdict (reasons under Checks)."
+            if any(p.noisy for p in points)
+            else ""
+        )
+        + (
+            " Phases with incomplete meter coverage are left out (listed under Checks)."
+            if study.excluded()
+            else ""
+        )
+        + (f" No quality recorded: {', '.join(lacking)}." if lacking else "")
+        + f" {provenance(shown)}"
+    )
+    return Figure(name, title, caption, panels, stamp=scale_stamp(shown))
+
+
+def _efficiency(job: Job, phase: str) -> Mapping[str, Any] | None:
+    """A phase's `efficiency` block where it has joules per PFLOP; None in older records."""
+    block = dig(job.record, f"phases.{phase}.efficiency")
+    ok = isinstance(block, Mapping) and isinstance(block.get("joules_per_pflop"), Mapping)
+    return block if ok else None
+
+
+def _peak(block: Mapping[str, Any]) -> str | None:
+    """'989 TFLOP/s (H100 SXM5 BF16 tensor, NVIDIA datasheet)', or None without a peak."""
+    peak = block.get("peak_flop_per_s")
+    if not isinstance(peak, (int, float)) or peak <= 0:
+        return None
+    return f"{fmt(peak / 1e12)} TFLOP/s ({block.get('peak_source') or 'source not recorded'})"
+
+
+def _joules(largest: float) -> tuple[str, float]:
+    """The prefix (and its factor) that keeps joules under 10,000: J on a GPU, MJ for a
+    CPU-scale toy (no axis in powers of ten)."""
+    for prefix, factor in (("", 1.0), ("k", 1e3), ("M", 1e6)):
+        if largest < 1e4 * factor:
+            return prefix, factor
+    return "G", 1e9
+
+
+def fig6_efficiency(study: Study, stack: bool = True) -> Figure | Omission:
+    name, title = "fig6_efficiency", TITLES["fig6_efficiency"]
+    if not any(_efficiency(j, p) for j in study.jobs for p in PHASES):
+        why = "no job recorded FLOPs per iteration (records that predate them)"
+        return Omission(name, title, why)
+    found: list[tuple[Any, str, str, Estimate, str, tuple[str, ...], int]] = []
+    shown: list[Job] = []
+    peaks: dict[str, list[str]] = {}  # peak and source → where it applies
+    without: list[str] = []  # where no peak is known
+    methods: dict[str, None] = {}
+    for phase in PHASES:
+        eligible = [j for j in study.usable((phase,)) if _efficiency(j, phase)]
+        for (dims,), job in pick(eligible, study.base, ("dims",)).items():
+            block = _efficiency(job, phase)
+            assert block is not None  # eligible
+            shown.append(job)
+            methods[str(block.get("method") or "method not recorded")] = None
+            where = f"{str(dims).upper()} {phase}"
+            peak = _peak(block)
+            if peak:
+                peaks.setdefault(peak, []).append(where)
+            else:
+                reason = block.get("peak_reason")
+                without.append(f"{where} ({reason})" if reason else where)
+            noisy = (phase,) if job.noisy((phase,)) else ()
+            runs = len(job.pooled((phase,))) if job.runs else 1
+            for unit in block["joules_per_pflop"]:
+                key = f"phases.{phase}.efficiency"
+                e = job.metric(f"{key}.joules_per_pflop.{unit}")
+                if e is None:
+                    continue
+                mfu = job.recorded(f"{key}.mfu.{unit}") if peak else None
+                mfu_text = f"MFU {fmt(100 * mfu.value, 2)}%" if mfu else ""
+                label = f"{phase}\n{UNIT_NAMES.get(unit, unit)}"
+                found.append((dims, phase, label, e, mfu_text, noisy, runs))
+    if not found:
+        return Omission(name, title, "no job with FLOPs per iteration has complete meter coverage")
+    prefix, factor = _joules(max(e.high for *_, e, _, _, _ in found))
+    groups: dict[Any, list[Bar]] = {}
+    for dims, phase, label, e, mfu_text, noisy, runs in found:
+        value = e.value / factor
+        note = _note(value, "", runs, noisy, mfu_text)
+        bar = Bar(((phase, value),), (e.low / factor, e.high / factor), label, note, noisy, runs)
+        groups.setdefault(dims, []).append(bar)
+    shown = list(dict.fromkeys(shown))
+    ordered = sorted(groups, key=lambda d: sort_key("dims", d))
+    ylabel = f"{prefix}J per PFLOP"
+    panel = Panel(tuple((str(d).upper(), tuple(groups[d])) for d in ordered), ylabel)
+    caption = (
+        f"Energy per unit of work: measured {prefix}J per PFLOP (10¹⁵ floating-point "
+        "operations) of each phase's unit (a training step of the autoencoder and of the "
+        "diffusion model; one UNet evaluation and one decode in synthesis), with 95% "
+        "intervals, for each dimensionality the job nearest the baseline. Held fixed: "
+        f"{study.held(('dims',))}.{_deviations(study, shown, ('dims',))} J/PFLOP: the unit's "
+        "energy per iteration over its FLOPs per iteration on all devices; FLOPs: "
+        f"{'; '.join(methods)}. "
+        + (
+            "Notes give the model FLOP utilisation (MFU: achieved FLOP/s per device over the "
+            "device's peak), the distance from the hardware's limit; peak: "
+            + (
+                next(iter(peaks))  # one peak for every unit drawn
+                if len(peaks) == 1 and not without
+                else "; ".join(f"{peak} for {', '.join(where)}" for peak, where in peaks.items())
+            )
+            + "."
+            if peaks
+            else ""
+        )
+        + (f" No MFU where no peak is recorded: {', '.join(without)}." if without else "")
+        + _marks(study, _bars_of([panel]))
+        + f" {provenance(shown, priced=False)}"
+    )
+    return Figure(name, title, caption, (panel,), stamp=scale_stamp(shown))
+
+
+BUILDERS = (
+    fig1_dims,
+    fig2_size,
+    fig3_site,
+    fig3_months,
+    fig4_speedups,
+    fig5_pareto,
+    fig6_efficiency,
+    windows,
+)
 
 
 def figures(study: Study) -> list[Figure | Omission]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lpm.report.figures import Bar, Figure, Heatmap, Panel, Windows, stacks
+from lpm.report.figures import Bar, Figure, Heatmap, Panel, Point, Scatter, Windows, stacks
 from lpm.report.study import fmt
 
 # Okabe & Ito's colour-blind-safe palette; the two training phases share a hue, and hatching
@@ -36,6 +36,12 @@ LEGEND_ENTRY_IN = 1.9
 MAX_WIDTH_IN = 14.0
 STAMP_COLOR = "#9E1B1B"  # the scale stamp: CPU-scale toys must not pass for the study's numbers
 OUTLIER_COLOR = "#D55E00"
+FRONTIER_COLOR = "#009E73"
+POINT_COLOR = "0.25"
+LABEL_PT = 7  # point labels of a trade-off panel
+LABEL_CHAR_PT = 4.4  # width of one such label's character, points (a wide one: no overprint)
+LABEL_LINE_PT = 9.0  # its line height, points
+LABEL_GAP_PT = 5.0  # between a point and its label
 RC = {
     "font.size": 9,
     "axes.spines.top": False,
@@ -281,12 +287,120 @@ def _heatmap(fig: Any, ax: Any, heatmap: Heatmap) -> None:
     ax.spines[:].set_visible(False)
 
 
-def _panel_size(panel: Panel | Heatmap | Windows) -> tuple[float, float]:
+def _scatter(ax: Any, panel: Scatter, width: float) -> None:
+    """Each job at (CO2e, quality) with both intervals; each family's frontier as a staircase
+    (the best quality reachable for a given CO2e); jobs identical to the reference on a line
+    above the rest, its tick naming it. Labels come after the layout (:func:`_point_labels`)."""
+    from matplotlib.ticker import FuncFormatter
+
+    for point, y in _placed(panel):
+        _point(ax, point, y)
+    for family in dict.fromkeys(p.family for p in panel.points):
+        front = sorted(
+            (p.kg.value, y) for p, y in _placed(panel) if p.frontier and p.family == family
+        )
+        if len(front) > 1:
+            xs, ys = zip(*front, strict=True)
+            ax.step(xs, ys, where="post", color=FRONTIER_COLOR, lw=1.5, zorder=1)
+    if panel.log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+    ax.margins(x=0.12, y=0.12)
+    if panel.reference is not None:
+        ax.axhline(panel.reference, color="0.3", ls=(0, (4, 3)), lw=1, zorder=0)
+        _reference_tick(ax, panel.reference, any(p.quality for p in panel.points))
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    ax.set_title(_wrap(panel.title, width - 1.0), fontsize=9)
+
+
+def _placed(panel: Scatter) -> list[tuple[Point, float]]:
+    """The points drawn, each with its y: jobs identical to the reference at its line."""
+    return [
+        (p, panel.reference if p.quality is None else p.quality.value)
+        for p in panel.points
+        if p.quality is not None or panel.reference is not None
+    ]
+
+
+def _reference_tick(ax: Any, reference: float, finite: bool) -> None:
+    """The quality ticks below the '= reference' line, and its own tick naming it."""
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low <= t < reference] if finite else []
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else high - low
+    ticks = [t for t in ticks if reference - t > 0.4 * step]  # none overprints the reference's
+    ax.set_yticks([*ticks, reference], [*(f"{t:g}" for t in ticks), "= reference"])
+    ax.set_ylim(low, high)
+
+
+def _point(ax: Any, point: Point, y: float) -> None:
+    """One job: marker (open triangle: stochastic sampler; filled: on the frontier; faded:
+    noisy) and whiskers."""
+    q = point.quality
+    xerr = [[point.kg.value - point.kg.low], [point.kg.high - point.kg.value]]
+    yerr = None if q is None else [[q.value - q.low], [q.high - q.value]]
+    alpha = NOISY_STYLE["alpha"] if point.noisy else 1.0
+    ax.errorbar(point.kg.value, y, yerr, xerr, fmt="none", ecolor="0.55", lw=0.8, capsize=2,
+                alpha=alpha, zorder=2)  # fmt: skip
+    face = FRONTIER_COLOR if point.frontier else "white"
+    ax.plot(
+        point.kg.value,
+        y,
+        "^" if point.stochastic else "o",
+        ms=7,
+        mfc="none" if point.stochastic else face,
+        mec=FRONTIER_COLOR if point.frontier else POINT_COLOR,
+        mew=1.5 if point.frontier else 1.0,
+        ls="none",
+        alpha=alpha,
+        zorder=3,
+    )
+
+
+def _point_labels(ax: Any, panel: Scatter) -> None:
+    """Each point's label beside it (to its left in the right third of the axes), top to
+    bottom; a label that would overprint one above it moves down, a thin line to its point.
+    Called after the layout, which fixes where the points land."""
+    to_pt = 72 / ax.figure.dpi
+    where = []  # point, y, its place in points, its x as a fraction of the axes
+    for point, y in _placed(panel):
+        pixels = ax.transData.transform((point.kg.value, y))
+        share = ax.transAxes.inverted().transform(pixels)[0]
+        where.append((point, y, pixels[0] * to_pt, pixels[1] * to_pt, share))
+    boxes: list[tuple[float, float, float]] = []  # left, right, bottom (points)
+    for point, y, px, py, share in sorted(where, key=lambda w: -w[3]):
+        text = point.label + (f" (n={point.runs})" if point.runs > 1 else "")
+        right = share < 0.67
+        width = LABEL_CHAR_PT * len(text)
+        left = px + LABEL_GAP_PT if right else px - LABEL_GAP_PT - width
+        bottom = py + 2
+        while clash := [b for b in boxes if b[0] < left + width and left < b[1]
+                        and abs(b[2] - bottom) < LABEL_LINE_PT]:  # fmt: skip
+            bottom = min(b[2] for b in clash) - LABEL_LINE_PT
+        boxes.append((left, left + width, bottom))
+        moved = bottom < py - LABEL_LINE_PT / 2
+        label = ax.annotate(
+            text,
+            (point.kg.value, y),
+            xytext=(LABEL_GAP_PT if right else -LABEL_GAP_PT, bottom - py),
+            textcoords="offset points",
+            ha="left" if right else "right",
+            va="bottom",
+            fontsize=LABEL_PT,
+            alpha=max(NOISY_STYLE["alpha"], 0.7) if point.noisy else 1.0,
+            arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if moved else None,
+        )
+        label.set_in_layout(False)  # the layout is done: labels must not move the axes
+
+
+def _panel_size(panel: Panel | Heatmap | Windows | Scatter) -> tuple[float, float]:
     if isinstance(panel, Panel):
         above = max((g.count("\n") for g in _group_labels(panel)), default=0)
         return _panel_width(panel), 4.2 + 0.12 * _lines(panel) + 0.17 * above
     if isinstance(panel, Heatmap):
         return 3.4 + 0.6 * len(panel.cols), 1.6 + 0.4 * len(panel.rows)
+    if isinstance(panel, Scatter):
+        return 5.4, 4.6
     return 1.6 + 0.35 * len(panel.values), 2.6
 
 
@@ -370,7 +484,34 @@ def _windows_legend(panels: Sequence[Windows]) -> list[Any]:
     return handles
 
 
-def _legend(fig: Any, panels: Sequence[Panel | Heatmap | Windows], stamp: str) -> None:
+def _scatter_legend(panels: Sequence[Scatter]) -> list[Any]:
+    from matplotlib.lines import Line2D
+
+    points = [p for panel in panels for p in panel.points]
+    handles: list[Any] = [
+        Line2D([], [], color=POINT_COLOR, marker="o", mfc="white", ls="", ms=7, label="job"),
+        Line2D([], [], color="0.55", marker="_", ms=8, lw=0.8, label="95% intervals"),
+        Line2D([], [], color=FRONTIER_COLOR, marker="o", mfc=FRONTIER_COLOR, lw=1.5, ms=7,
+               label="Pareto frontier"),
+    ]  # fmt: skip
+    if any(p.stochastic for p in points):
+        handles.append(
+            Line2D([], [], color=POINT_COLOR, marker="^", mfc="none", ls="", ms=7,
+                   label="stochastic sampler (fidelity reads low)")
+        )  # fmt: skip
+    if any(p.noisy for p in points):
+        handles.append(
+            Line2D([], [], color=POINT_COLOR, marker="o", mfc="white", ls="", ms=7,
+                   alpha=NOISY_STYLE["alpha"], label="noisy verdict")
+        )  # fmt: skip
+    if any(panel.reference is not None for panel in panels):
+        handles.append(
+            Line2D([], [], color="0.3", ls=(0, (4, 3)), lw=1, label="= reference sampler (PSNR ∞)")
+        )
+    return handles
+
+
+def _legend(fig: Any, panels: Sequence[Panel | Heatmap | Windows | Scatter], stamp: str) -> None:
     """The legend under the panels, the scale stamp as its title (or alone where there is no
     legend): on the picture itself wherever it is pasted, in its own colour."""
     handles = _handles(panels)
@@ -391,10 +532,12 @@ def _legend(fig: Any, panels: Sequence[Panel | Heatmap | Windows], stamp: str) -
     legend.get_title().set_color(STAMP_COLOR)
 
 
-def _handles(panels: Sequence[Panel | Heatmap | Windows]) -> list[Any]:
+def _handles(panels: Sequence[Panel | Heatmap | Windows | Scatter]) -> list[Any]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
+    if scatters := [p for p in panels if isinstance(p, Scatter)]:
+        return _scatter_legend(scatters)
     bars = [b for p in panels if isinstance(p, Panel) for _, group in p.groups for b in group]
     shown = [p for p in panels if isinstance(p, Windows)]
     if shown:
@@ -447,11 +590,20 @@ def render(figure: Figure) -> Any:
             _heatmap(fig, ax, panel)
         elif isinstance(panel, Windows):
             _windows(ax, panel)
+        elif isinstance(panel, Scatter):
+            _scatter(ax, panel, width * (shares[i] / sum(shares) if rows == 1 else 1.0))
         else:
             share = shares[i] / sum(shares) if rows == 1 else 1.0
             _panel(ax, panel, scale, rotate, width * share)
     fig.suptitle(_wrap(figure.title, width, TITLE_CHAR_IN), fontsize=11, weight="bold")
     _legend(fig, figure.panels, _wrap(figure.stamp, width))
+    scatters = [
+        (ax, p) for ax, p in zip(axes, figure.panels, strict=False) if isinstance(p, Scatter)
+    ]
+    if scatters:
+        fig.draw_without_rendering()  # the layout places the points; their labels avoid each other
+        for ax, panel in scatters:
+            _point_labels(ax, panel)
     return fig
 
 

@@ -66,6 +66,22 @@ COMPONENTS = {"gpu": "GPU", "cpu": "CPU", "ram": "RAM"}
 NO_VERDICT = Verdict("unknown", ("the record has no verdict (written before lpm recorded one)",))
 
 
+def reference_sampler(jobs: Iterable[Job]) -> str:
+    """'1,000-step DDIM': the reference sampler(s) the jobs' fidelity is measured to (η named
+    when it is not 0, the deterministic sampler)."""
+    found = []
+    for job in jobs:
+        ref = dig(job.record, "quality.sampler.reference") or {}
+        scheduler = str(ref.get("scheduler") or "unrecorded sampler").removesuffix("Scheduler")
+        steps, eta = ref.get("steps"), ref.get("eta")
+        found.append(
+            (f"{steps:,}-step " if isinstance(steps, int) else "")
+            + scheduler.upper()
+            + (f" (η = {eta:g})" if isinstance(eta, (int, float)) and eta else "")
+        )
+    return "; ".join(dict.fromkeys(found))
+
+
 def between_runs(values: Sequence[float]) -> Estimate:
     """Mean of independent runs with its 95% t-interval (low bound floored at 0: costs are
     positive)."""
@@ -209,6 +225,35 @@ class Job:
         if se == 0:
             return math.inf if sd else None
         return sd / se
+
+    def recorded(self, value: str, ci: str | None = None) -> Estimate | None:
+        """The number at dotted `value` (a quality metric, J/PFLOP, embodied kg) with its 95%
+        interval at `ci` (none recorded: the value alone); a pool: the mean over its runs with
+        the between-run interval. None where a run lacks the number (records that predate it)."""
+        runs = self.runs or (self,)
+        found = [dig(r.record, value) for r in runs]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in found):
+            return None
+        if len(found) > 1:
+            return between_runs([float(v) for v in found])
+        centre = float(found[0])
+        low, high = (dig(self.record, ci) if ci else None) or (None, None)
+        return Estimate(
+            centre, centre if low is None else float(low), centre if high is None else float(high)
+        )
+
+    def flag(self, dotted: str) -> bool:
+        """Every run records True at `dotted` (e.g. `quality.sampler.identical`)."""
+        return all(dig(r.record, dotted) is True for r in self.runs or (self,))
+
+    def embodied(self) -> Estimate | None:
+        """Projected embodied kg CO2e of all phases (the hardware's manufacture, amortised over
+        the job's device-hours): apart from `co2e`, which is operational only."""
+        return self.recorded("totals.embodied_kg", "totals.embodied_kg_ci95")
+
+    def metric(self, dotted: str) -> Estimate | None:
+        """A `{"value", "ci95"}` entry of the record (quality metric, J/PFLOP) as an estimate."""
+        return self.recorded(f"{dotted}.value", f"{dotted}.ci95")
 
     def _estimate(self, phases: Iterable[str], value: str, ci: str) -> Estimate:
         phases = tuple(phases)

@@ -246,29 +246,53 @@ class DiffusionModule(pl.LightningModule):
         # Distinct noise per rank: data-parallel synthesis makes different samples on each GPU.
         self.generator = torch.Generator(self.device).manual_seed(self.seed + self.global_rank)
 
-    def predict_step(self, item: dict[str, Any]) -> None:
-        if item["unit"] == "decode":
-            self.images = self._decode(self.latents / self.scale_factor)
-            return
-        if item["step"] == 0:  # a new chain: fresh noise, scheduler state reset
-            shape = (
-                self.sample_batch,
-                self.spec.autoencoder["latent_channels"],
-                *self.spec.latent_size,
-            )
-            noise = torch.randn(shape, generator=self.generator, device=self.device)
-            noise = noise.contiguous(memory_format=self.memory_format)
-            self.latents = noise * self.sampler.init_noise_sigma
-            self.sampler.set_timesteps(self.steps, device=self.device)
-            # Python numbers, read once per chain: a timestep tensor on the GPU would make the
-            # scheduler's arithmetic (`t > 0`, table look-ups) wait for the GPU at every step.
-            self.timesteps = self.sampler.timesteps.tolist()
-            self.chain_steps = 0
-        t = self.timesteps[item["step"]]
-        model_input = self.sampler.scale_model_input(self.latents, t)
+    def initial_noise(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """Unit Gaussian latents for a chain of `batch` samples, in the networks' memory format."""
+        shape = (batch, self.spec.autoencoder["latent_channels"], *self.spec.latent_size)
+        noise = torch.randn(shape, generator=generator, device=self.device)
+        return noise.contiguous(memory_format=self.memory_format)
+
+    def start_chain(
+        self, scheduler: diffusers.SchedulerMixin, steps: int, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, list[float]]:
+        """Reset `scheduler` to `steps` steps: the chain's first latents and its timesteps."""
+        scheduler.set_timesteps(steps, device=self.device)
+        # Python numbers, read once per chain: a timestep tensor on the GPU would make the
+        # scheduler's arithmetic (`t > 0`, table look-ups) wait for the GPU at every step.
+        # The noise is scaled after `set_timesteps`: some schedulers' (Euler's) scale depends on it.
+        return noise * scheduler.init_noise_sigma, scheduler.timesteps.tolist()
+
+    def denoise(
+        self, scheduler: diffusers.SchedulerMixin, latents: torch.Tensor, t: float
+    ) -> torch.Tensor:
+        """One denoising step at timestep `t`: a UNet evaluation plus the scheduler's step."""
+        model_input = scheduler.scale_model_input(latents, t)
         t_batch = torch.full((model_input.shape[0],), t, device=self.device)
         eps = self.unet(model_input, timesteps=t_batch)
-        self.latents = self.sampler.step(eps, t, self.latents).prev_sample
+        return scheduler.step(eps, t, latents).prev_sample
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._decode(latents / self.scale_factor)
+
+    def sample(
+        self, scheduler: diffusers.SchedulerMixin, steps: int, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """A whole chain from `noise` in `steps` steps of `scheduler`, decoded: what
+        `predict_step` runs item by item, in one call (the quality evaluation's sampler)."""
+        latents, timesteps = self.start_chain(scheduler, steps, noise)
+        for t in timesteps:
+            latents = self.denoise(scheduler, latents, t)
+        return self.decode(latents)
+
+    def predict_step(self, item: dict[str, Any]) -> None:
+        if item["unit"] == "decode":
+            self.images = self.decode(self.latents)
+            return
+        if item["step"] == 0:  # a new chain: fresh noise, scheduler state reset
+            noise = self.initial_noise(self.sample_batch, self.generator)
+            self.latents, self.timesteps = self.start_chain(self.sampler, self.steps, noise)
+            self.chain_steps = 0
+        self.latents = self.denoise(self.sampler, self.latents, self.timesteps[item["step"]])
         self.chain_steps += 1
 
 
