@@ -390,3 +390,23 @@ def test_the_advise_command_imports_no_ml_stack(sweep: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "LOADED []" in proc.stdout, proc.stdout[-500:]
+
+
+def test_psnr_beyond_8_bit_rounding_is_no_quality_gain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A 25-step solver that matches the reference to float precision (119 dB) and one at 60 dB
+    # both round to the same 8-bit image: neither loses against the other; DDIM-50 at 47.3 dB
+    # loses 58.9 − 47.3 = 11.6 dB, all measured values shown as recorded.
+    ceiling = 10 * math.log10(255**2 * 12)
+    jobs = {
+        "baseline": job({"sampler": 13.4, "stochastic": True}),
+        "unipc": job({"sampler": 119.0}, sampler="unipc", steps=25),
+        "dpmpp": job({"sampler": 60.0}, sampler="dpmpp", steps=25),
+        "ddim50": job({"sampler": 47.3}, sampler="ddim", steps=50),
+    }
+    _, advice, _ = advise(write_sweep(tmp_path / "sweep", jobs), tmp_path, capsys)
+    assert lever(advice, "unipc")["quality"]["loss_db"] == 0
+    assert lever(advice, "dpmpp")["quality"]["loss_db"] == 0
+    assert lever(advice, "unipc")["quality"]["psnr_db"] == pytest.approx(119.0)
+    assert lever(advice, "ddim50")["quality"]["loss_db"] == pytest.approx(ceiling - 47.3)

@@ -32,6 +32,10 @@ from lpm.report.study import (
 from lpm.report.sweep import TRAINING, Job, dig, pick, reference_sampler, sort_key
 
 MAX_QUALITY_LOSS_DB = 1.0
+# PSNR of 8-bit rounding, 10·log10(255² × 12) dB: two images closer than this are the same image
+# once stored in 8 bits, so a higher PSNR (a 25-step solver matching the reference to float
+# precision reads 110+ dB) buys nothing and must not count as a loss for the others.
+PSNR_CEILING_DB = 10 * math.log10(255**2 * 12)
 GROUPS: dict[str, tuple[str, ...]] = {"training": TRAINING, "synthesis": ("synthesis",)}
 # A lever: the axes it sets together.
 LEVERS: dict[str, tuple[str, ...]] = {
@@ -68,7 +72,8 @@ METHOD = (
     "(`quality.autoencoder.psnr_db`) for model size, precision, GPUs and speed flags. A sampler "
     "identical to the reference counts as the best (loss 0). A stochastic sampler (DDPM, η > 0) "
     "is compared with a deterministic reference: its fidelity reads low, its loss overstates "
-    "what it costs. Zones and months cost no quality.",
+    "what it costs. PSNRs above 58.9 dB (8-bit rounding: the images are the same once stored "
+    "in 8 bits) count as 58.9 dB. Zones and months cost no quality.",
     "Best combination, per dims and phase group: the cheapest job whose quality loss on every "
     "lever it changes is within the bound, at the cheapest zone/month, against the baseline job "
     "as recorded. A job whose quality was not measured enters only unchanged (zone or month).",
@@ -288,9 +293,10 @@ def setting(job: Job, lever: str) -> str:
 
 
 def _psnr(job: Job, metric: str) -> float | None:
-    """The job's PSNR on `metric` (a pool: the mean over its runs); None where not recorded."""
+    """The job's PSNR on `metric` (a pool: the mean over its runs), at most
+    :data:`PSNR_CEILING_DB`; None where not recorded."""
     psnr = job.metric(f"quality.{metric}.psnr_db")
-    return psnr.value if psnr is not None else None
+    return min(psnr.value, PSNR_CEILING_DB) if psnr is not None else None
 
 
 def best_psnr(jobs: Iterable[Job]) -> dict[tuple[str, str], float]:
@@ -313,11 +319,12 @@ def quality(job: Job, metric: str, best: Mapping[tuple[str, str], float]) -> Qua
     stochastic = metric == "sampler" and job.flag("quality.sampler.stochastic")
     if metric == "sampler" and job.flag("quality.sampler.identical"):
         return Quality(metric, None, 0.0, identical=True, reference=reference)
-    psnr = _psnr(job, metric)
+    psnr, measured = _psnr(job, metric), job.metric(f"quality.{metric}.psnr_db")
     top = best.get((job.axis("dims"), metric))
-    if psnr is None or top is None:
+    if psnr is None or top is None or measured is None:
         return Quality(metric, None, None)
-    return Quality(metric, psnr, top - psnr, stochastic=stochastic, reference=reference)
+    loss = top - psnr
+    return Quality(metric, measured.value, loss, stochastic=stochastic, reference=reference)
 
 
 # --- the advice -----------------------------------------------------------------------------------
