@@ -229,14 +229,17 @@ def test_median_interval_from_order_statistics() -> None:
 
 def test_judged_tells_a_miss_from_noise() -> None:
     at_least_one = lambda v: v >= 1.0  # noqa: E731
-    assert bench.judged([0.99, 1.01, 1.02, 1.05, 1.1], at_least_one) is True
+    assert bench.judged([0.99, 1.01, 1.02, 1.05, 1.1], at_least_one, 1.0) is True
     # Median 0.97 misses, but the interval (0.9, 1.05) reaches 1.0: the machine cannot tell.
-    assert bench.judged([0.9, 0.95, 0.97, 1.0, 1.05], at_least_one) == bench.NOISE
+    assert bench.judged([0.9, 0.95, 0.97, 1.0, 1.05], at_least_one, 1.0) == bench.NOISE
     # Every repeat below: a real miss.
-    assert bench.judged([0.8, 0.82, 0.85, 0.86, 0.9], at_least_one) is False
+    assert bench.judged([0.8, 0.82, 0.85, 0.86, 0.9], at_least_one, 1.0) is False
     within = lambda v: abs(v - 1) <= 0.03  # noqa: E731
-    # The interval (0.9, 1.1) straddles the band without an end in it: still noise.
-    assert bench.judged([0.9, 0.92, 0.95, 1.06, 1.1], within) == bench.NOISE
+    # The interval (0.82, 1.06) straddles the band without an end or its midpoint in it: noise.
+    assert bench.judged([0.82, 0.9, 0.92, 0.95, 1.06], within, 1.0) == bench.NOISE
+    assert bench.judged([0.82, 0.85, 0.9, 0.92, 0.95], within, 1.0) is False
+    at_most = lambda v: v <= 0.005  # noqa: E731
+    assert bench.judged([-0.19, 0.1, 0.22, 0.25, 0.28], at_most, 0.0) == bench.NOISE
 
 
 def test_table_marks_noise_and_shows_the_median_interval() -> None:

@@ -14,10 +14,19 @@ import pytest
 from conftest import REPO
 from test_report import BASE_KWH, kg, make_record, write_sweep
 
+from lpm.energy.window import Estimate
 from lpm.record.sinks import wandb_summary
 from lpm.report.build import build_report, write_results
 from lpm.report.document import document, headlines, markdown
-from lpm.report.figures import Figure, Omission, Scatter, figures, frontier
+from lpm.report.figures import (
+    QUALITY,
+    Figure,
+    Omission,
+    Scatter,
+    _counted,
+    figures,
+    frontier,
+)
 from lpm.report.plot import draw
 from lpm.report.study import Study, build_study, fmt
 from lpm.report.sweep import load_sweep
@@ -464,3 +473,12 @@ def test_the_real_sweep_of_older_records_still_reports(tmp_path: Path) -> None:
     assert "Embodied emissions (" not in text
     got = rows(tmp_path / "report" / "results.csv")
     assert len(got) == 6 and all(r["ae_psnr_db"] == "" and r["co2e_kg_total"] for r in got.values())
+
+
+def test_frontier_counts_psnr_beyond_8_bit_rounding_as_equal() -> None:
+    # 119 dB and 114 dB are the same 8-bit image: the cheaper one dominates the dearer one.
+    sampler = QUALITY[0]
+    counted = [_counted(sampler, Estimate(v, v, v)) for v in (119.0, 114.0, 47.3)]
+    assert counted == [pytest.approx(58.92, abs=0.01)] * 2 + [47.3]
+    assert frontier([(0.63, counted[0]), (0.58, counted[1]), (1.2, counted[2])]) == [1]
+    assert _counted(sampler, None) == counted[0]  # the reference itself (∞) is no better

@@ -29,13 +29,17 @@ from lpm.report.study import (
     work,
     zone_label,
 )
-from lpm.report.sweep import TRAINING, Job, dig, pick, reference_sampler, sort_key
+from lpm.report.sweep import (
+    PSNR_CEILING_DB,
+    TRAINING,
+    Job,
+    dig,
+    pick,
+    reference_sampler,
+    sort_key,
+)
 
 MAX_QUALITY_LOSS_DB = 1.0
-# PSNR of 8-bit rounding, 10·log10(255² × 12) dB: two images closer than this are the same image
-# once stored in 8 bits, so a higher PSNR (a 25-step solver matching the reference to float
-# precision reads 110+ dB) buys nothing and must not count as a loss for the others.
-PSNR_CEILING_DB = 10 * math.log10(255**2 * 12)
 GROUPS: dict[str, tuple[str, ...]] = {"training": TRAINING, "synthesis": ("synthesis",)}
 # A lever: the axes it sets together.
 LEVERS: dict[str, tuple[str, ...]] = {

@@ -30,6 +30,7 @@ from lpm.report.study import (
 from lpm.report.sweep import (
     AXES,
     PHASES,
+    PSNR_CEILING_DB,
     TRAINING,
     Job,
     dig,
@@ -898,6 +899,13 @@ def _family(job: Job) -> str:
     )
 
 
+def _counted(metric: Metric, quality: Estimate | None) -> float:
+    """The quality the frontier compares: ∞ (None) for the reference itself; a PSNR no higher
+    than :data:`PSNR_CEILING_DB`, beyond which images are the same in 8 bits."""
+    value = math.inf if quality is None else quality.value
+    return min(value, PSNR_CEILING_DB) if metric.path.endswith("psnr_db") else value
+
+
 def _tradeoff(study: Study, metric: Metric) -> tuple[Scatter, list[Job]] | None:
     """The jobs with complete meter coverage of `metric`'s phases that recorded it (sampler
     fidelity: or whose sampler is the reference), as points, cheapest first; None when none
@@ -924,8 +932,7 @@ def _tradeoff(study: Study, metric: Metric) -> tuple[Scatter, list[Job]] | None:
         # A stochastic sampler's samples differ from the deterministic reference's by its own
         # noise: its fidelity reads low whatever its quality, so it marks no frontier.
         ranked = [i for i, f in enumerate(families) if f == family and not stochastic[i]]
-        pairs = [(kg[i].value, math.inf if found[i][1] is None else found[i][1].value)
-                 for i in ranked]  # fmt: skip
+        pairs = [(kg[i].value, _counted(metric, found[i][1])) for i in ranked]
         best |= {ranked[i] for i in frontier(pairs, metric.higher_better)}
     labels = point_labels(study, candidates)
     points = tuple(
@@ -984,6 +991,12 @@ def fig5_pareto(study: Study, stack: bool = True) -> Figure | Omission:
         "up and to the left is better"
         + (" (down and to the left for FID)" if any(not m.higher_better for m, _ in built) else "")
         + "."
+        + (
+            f" PSNRs above {PSNR_CEILING_DB:.1f} dB (8-bit rounding) count as equal on the "
+            "frontier: the images are the same once stored in 8 bits."
+            if any(m.path.endswith("psnr_db") for m, _ in built)
+            else ""
+        )
         + (
             " Jobs whose sampler is the reference itself sit on the dashed line '= reference' "
             "(PSNR ∞)."

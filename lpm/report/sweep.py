@@ -66,6 +66,12 @@ COMPONENTS = {"gpu": "GPU", "cpu": "CPU", "ram": "RAM"}
 NO_VERDICT = Verdict("unknown", ("the record has no verdict (written before lpm recorded one)",))
 
 
+# PSNR of 8-bit rounding, 10·log10(255² × 12) dB: two images closer than this are the same image
+# once stored in 8 bits, so a higher PSNR (a 25-step solver matching the reference to float
+# precision reads 110+ dB) is no better: advice and the Pareto frontier count it as this.
+PSNR_CEILING_DB = 10 * math.log10(255**2 * 12)
+
+
 def reference_sampler(jobs: Iterable[Job]) -> str:
     """'1,000-step DDIM': the reference sampler(s) the jobs' fidelity is measured to (η named
     when it is not 0, the deterministic sampler)."""
