@@ -39,7 +39,7 @@ TINY = [
     "measure.windows=3",
     # The quality evaluation runs whole chains (1,000 DDPM steps plus the reference's): only
     # tests/test_quality.py turns it on, with short chains.
-    "quality.enabled=false",
+    "quality.enabled=False",  # as Hydra writes a parsed bool back into the record
 ]
 SIZE_2D = ["dims.image_size=[16,16]"]
 SIZE_3D = ["dims=3d", "dims.image_size=[16,16,16]"]
