@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import textwrap
 from pathlib import Path
@@ -29,7 +28,7 @@ from lpm.carbon.intensity import (
     UnknownZone,
     with_fallback,
 )
-from lpm.price import _months, _zones, look_up_all
+from lpm.price import _months, _zones, at_least, check_sweep_args, fail, look_up_all
 from lpm.report.advice import MAX_QUALITY_LOSS_DB, Advice, advise, blocks, to_json
 from lpm.report.checks import run_checks
 from lpm.report.study import build_study
@@ -43,16 +42,6 @@ ZONES_LISTED = (
     "usa_emissions.json, china_provincial_emissions.json and nordic_emissions.json the "
     "sub-national zones (US-CA, CN-BJ, SE-SE3)"
 )
-
-
-def _loss_db(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number of dB >= 0, got {text!r}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-quality-loss-db",
-        type=_loss_db,
+        type=at_least(0, "a number of dB"),
         default=MAX_QUALITY_LOSS_DB,
         help="the best combination may lose at most this much PSNR against the best the sweep "
         f"measured for the same dims (default {MAX_QUALITY_LOSS_DB:g})",
@@ -100,9 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> NoReturn:
-    """One line on stderr and exit status 2, as argparse does for bad arguments."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    fail(PROG, message)
 
 
 def _cell(cell: Any) -> str:
@@ -151,12 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each value may itself be a comma-separated list (as `lpm.price` takes them).
     args.zones = [z for group in args.zones for z in group] if args.zones else None
     args.months = [m for group in args.months for m in group]
-    if not args.sweep.is_dir():
-        _fail(f"sweep {args.sweep}: no such directory")
-    if args.csv is None and args.months:
-        _fail("argument --months: needs --csv; the annual tables hold one value per zone")
-    if args.csv is None and args.fallback:
-        _fail("argument --fallback: applies to a --csv series; without one, prices are annual")
+    check_sweep_args(args, _fail)
     sweep = load_sweep(args.sweep)
     if all(j.status == "no record" for j in sweep.jobs):
         _fail(f"sweep {args.sweep}: no record.json under it (not a sweep, or nothing ran yet)")

@@ -165,16 +165,19 @@ def _months(text: str) -> list[str]:
     return months
 
 
-def _pue(text: str) -> float:
-    try:
-        pue = float(text)
-    except ValueError:
-        pue = math.nan
-    if not (math.isfinite(pue) and pue >= 1):
-        raise argparse.ArgumentTypeError(
-            f"must be a number >= 1 (facility energy / IT energy), got {text!r}"
-        )
-    return pue
+def at_least(minimum: float, what: str = "a number", why: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite number >= `minimum`; the error says `what` it is and `why`."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= minimum):
+            raise argparse.ArgumentTypeError(f"must be {what} >= {minimum:g}{why}, got {text!r}")
+        return value
+
+    return number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -197,15 +200,23 @@ def _parser() -> argparse.ArgumentParser:
         help="price a zone or month the --csv series lacks from the annual tables (each row "
         "says so in its fallback column); default: an error",
     )
-    parser.add_argument("--pue", type=_pue, help="override every record's PUE (>= 1)")
+    parser.add_argument(
+        "--pue",
+        type=at_least(1, why=" (facility energy / IT energy)"),
+        help="override every record's PUE (>= 1)",
+    )
     parser.add_argument("--out", type=Path, help="write the rows as CSV here (default: stdout)")
     return parser
 
 
-def _fail(message: str) -> NoReturn:
+def fail(prog: str, message: str) -> NoReturn:
     """One line on stderr and exit status 2, as argparse does for bad arguments."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _fail(message: str) -> NoReturn:
+    fail(PROG, message)
 
 
 def look_up_all(
@@ -244,15 +255,20 @@ def _write(rows: list[dict[str, Any]], out: Path | None) -> None:
         _fail(f"argument --out: {out}: {exc.strerror or exc}")
 
 
+def check_sweep_args(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> None:
+    """The sweep directory exists; --months and --fallback come with a --csv series."""
+    if not args.sweep.is_dir():
+        fail(f"sweep {args.sweep}: no such directory")
+    if args.csv is None and args.months:
+        fail("argument --months: needs --csv; the annual tables hold one value per zone")
+    if args.csv is None and args.fallback:
+        fail("argument --fallback: applies to a --csv series; without one, prices are annual")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.sweep.is_dir():
-        _fail(f"sweep {args.sweep}: no such directory")
-    if args.csv is None and args.months:
-        _fail("argument --months: needs --csv; the annual tables hold one value per zone")
-    if args.csv is None and args.fallback:
-        _fail("argument --fallback: applies to a --csv series; without one, prices are annual")
+    check_sweep_args(args, _fail)
     try:
         source = with_fallback(CsvSeries(args.csv), args.fallback) if args.csv else annual_tables()
     except SeriesError as exc:
