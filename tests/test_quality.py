@@ -162,6 +162,9 @@ def test_summary_is_a_t_interval_and_keeps_non_finite_values_out() -> None:
     assert summary([5.0]) == {"value": 5.0, "ci95": None, "n": 1}
     assert summary([1.0, float("inf")]) == {"value": None, "ci95": None, "n": 2, "non_finite": 1}
     json.dumps(summary([float("nan")]), allow_nan=False)  # JSON without NaN or inf
+    # MS-SSIM near 0: the t-interval would reach below 0, which the metric cannot take.
+    near_zero = summary([0.0, 0.01, 0.12], within=(0.0, 1.0))
+    assert near_zero["ci95"][0] == 0.0 and near_zero["ci95"][1] > 0.12
 
 
 # --- the per-job evaluation ------------------------------------------------------------------

@@ -130,7 +130,7 @@ def autoencoder_quality(
     kernel = kernel_size_for(real.shape[2:])
     return {
         "psnr_db": summary(psnr(recon_images, real, DATA_RANGE)),
-        "ssim": summary(ssim(recon_images, real, DATA_RANGE)),
+        "ssim": summary(ssim(recon_images, real, DATA_RANGE), within=(-1.0, 1.0)),
         "images": len(real),
         "data_range": DATA_RANGE,
         "held_out": holdout.held_out,
@@ -182,7 +182,7 @@ def sampler_quality(
         "chain": {"scheduler": name, "steps": dm.steps, "precision": precision},
         # Identical chains: PSNR is infinite, which JSON does not hold.
         "psnr_db": None if identical else summary(psnr(images, ref_images, DATA_RANGE)),
-        "ssim": summary(ssim(images, ref_images, DATA_RANGE)),
+        "ssim": summary(ssim(images, ref_images, DATA_RANGE), within=(-1.0, 1.0)),
         "samples": len(images),
         "identical": identical,
         "stochastic": stochastic,
@@ -204,7 +204,7 @@ def diversity(images: torch.Tensor) -> dict[str, Any]:
     scales = ms_ssim_scales(spatial, kernel)
     values = pairwise_ms_ssim(images, DATA_RANGE, scales)
     return {
-        "ms_ssim": summary(values),
+        "ms_ssim": summary(values, within=(0.0, 1.0)),  # MONAI's MS-SSIM: relu'd terms
         "pairs": len(values),
         "scales": scales,
         "method": (

@@ -174,10 +174,13 @@ def fid(features: torch.Tensor, reference: torch.Tensor) -> float:
     return float(FIDMetric()(features, reference))
 
 
-def summary(values: torch.Tensor | Iterable[float]) -> dict[str, object]:
+def summary(
+    values: torch.Tensor | Iterable[float], within: tuple[float, float] = (-math.inf, math.inf)
+) -> dict[str, object]:
     """`{"value": mean, "ci95": [lo, hi], "n": count}` with a Student-t interval over the
-    values (ci95 null below 2). A non-finite value makes value and ci95 null and is counted
-    in `non_finite`: JSON holds no inf or NaN.
+    values (ci95 null below 2), cut to the range `within` the metric can take (MS-SSIM is
+    in [0, 1]: a t-interval reaching below 0 says nothing more). A non-finite value makes value
+    and ci95 null and is counted in `non_finite`: JSON holds no inf or NaN.
     """
     xs = [float(v) for v in (values.flatten().tolist() if torch.is_tensor(values) else values)]
     n = len(xs)
@@ -190,4 +193,5 @@ def summary(values: torch.Tensor | Iterable[float]) -> dict[str, object]:
         return {"value": mean, "ci95": None, "n": n}
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     half = t975(n - 1) * sd / math.sqrt(n)
-    return {"value": mean, "ci95": [mean - half, mean + half], "n": n}
+    low, high = within
+    return {"value": mean, "ci95": [max(mean - half, low), min(mean + half, high)], "n": n}
