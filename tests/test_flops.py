@@ -3,6 +3,7 @@ CPU peak, the efficiency block by hand, and the job filing it for every phase un
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -226,6 +227,9 @@ def test_efficiency_by_hand() -> None:
     assert unet["ci95"] == pytest.approx([70_000, 82_500])
     assert out["joules_per_pflop"]["decode"] is None  # not metered: no joules
     assert out["mfu"] == pytest.approx({"unet": 0.4, "decode": 0.05})
+    # Seconds 0.45–0.55 (±10%): 2e12 / 0.55 to 2e12 / 0.45 FLOP/s, over the 1e13 peak.
+    assert out["achieved_flop_per_s_ci95"]["unet"] == pytest.approx([2e12 / 0.55, 2e12 / 0.45])
+    assert out["mfu_ci95"]["unet"] == pytest.approx([0.2 / 0.55, 0.2 / 0.45])
     assert (out["peak_flop_per_s"], out["peak_source"]) == (1e13, "a datasheet")
     assert "peak_reason" not in out
 
@@ -367,3 +371,11 @@ def test_a_tiny_job_records_efficiency_for_every_phase_unit(tmp_path: Path) -> N
         "unet",
         "decode",
     }
+
+
+def test_an_interval_reaching_zero_seconds_has_no_upper_rate() -> None:
+    units = {"step": {"seconds_per_iteration": {"value": 0.1, "ci95": [-0.02, 0.22]}}}
+    out = efficiency(FlopCount({"step": 10**9}, "counted"), units, 1, Peak(1e11))
+    assert out["achieved_flop_per_s_ci95"]["step"] == pytest.approx([1e9 / 0.22, None])
+    assert out["mfu_ci95"]["step"][1] is None
+    json.dumps(out, allow_nan=False)  # nothing infinite in the record

@@ -358,22 +358,33 @@ def efficiency(
 
     Returns:
         `flops_per_iteration`, `method`, `achieved_flop_per_s` (per device: FLOPs over the
-        robust seconds per iteration), `joules_per_pflop` (energy per iteration over the FLOPs of
+        robust seconds per iteration) and its `_ci95` (from the seconds' interval),
+        `joules_per_pflop` (energy per iteration over the FLOPs of
         all devices, with its 95% interval), `peak_flop_per_s`, `peak_source` (or
-        `peak_reason`) and `mfu` (achieved over peak; None without a peak). A unit that was not
-        measured, or not metered, has None where its numbers would be.
+        `peak_reason`) and `mfu` with `mfu_ci95` (achieved over peak; None without a peak). A
+        unit that was not measured, or not metered, has None where its numbers would be; an
+        interval whose seconds reach 0 has no upper bound (None).
     """
     achieved: dict[str, float | None] = {}
+    achieved_ci: dict[str, list[float | None] | None] = {}
     per_pflop: dict[str, dict[str, Any] | None] = {}
     for unit, flops in count.per_iteration.items():
         measured = units.get(unit) or {}
-        seconds = (measured.get("seconds_per_iteration") or {}).get("value")
-        achieved[unit] = _finite(flops / seconds) if seconds else None
+        seconds = measured.get("seconds_per_iteration") or {}
+        achieved[unit] = _finite(flops / seconds["value"]) if seconds.get("value") else None
+        # The slowest plausible iteration bounds the rate from below, the fastest from above.
+        low_s, high_s = seconds.get("ci95") or (None, None)
+        achieved_ci[unit] = (
+            [flops / high_s, flops / low_s if low_s > 0 else None]
+            if achieved[unit] is not None and high_s
+            else None
+        )
         per_pflop[unit] = _per_pflop(measured.get("joules_per_iteration"), flops * world_size)
     out: dict[str, Any] = {
         "flops_per_iteration": dict(count.per_iteration),
         "method": count.method,
         "achieved_flop_per_s": achieved,
+        "achieved_flop_per_s_ci95": achieved_ci,
         "joules_per_pflop": per_pflop,
         "peak_flop_per_s": peak.flop_per_s,
         "peak_source": peak.source,
@@ -381,6 +392,10 @@ def efficiency(
     }
     if peak.flop_per_s:
         out["mfu"] = {u: None if a is None else a / peak.flop_per_s for u, a in achieved.items()}
+        out["mfu_ci95"] = {
+            u: None if ci is None else [None if b is None else b / peak.flop_per_s for b in ci]
+            for u, ci in achieved_ci.items()
+        }
     else:
         out["peak_reason"] = peak.reason
     return out
