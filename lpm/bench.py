@@ -406,11 +406,10 @@ class Workload:
         sampler's schedule, through lpm's trainer as `JobRun.synthesize` runs them; the sample
         covers the UNet evaluations, the measurement every unit."""
         import torch
-        from torch.utils.data import DataLoader
 
         from lpm.energy.callback import EnergyCallback
         from lpm.job import PhasePlan
-        from lpm.workload.ldm import synthesis_plan
+        from lpm.workload.ldm import WorkItems, synthesis_plan
 
         self.scaled(steps)
         warm, measured = {"unet": WARMUP}, {"unet": steps}
@@ -422,7 +421,7 @@ class Workload:
         timer = _timer(WARMUP, WARMUP + steps - 1, self.mark)
         trainer.callbacks = [timer, *trainer.callbacks]
         with torch.no_grad():
-            trainer.predict(self.dm, DataLoader(items, batch_size=None), return_predictions=False)
+            trainer.predict(self.dm, WorkItems(items), return_predictions=False)
         callback = next(c for c in trainer.callbacks if isinstance(c, EnergyCallback))
         return _sample(timer.start, timer.end, steps), callback.measurement
 
@@ -543,16 +542,17 @@ def overhead(quick: bool = False) -> dict[str, Any]:
 
 def _null_overhead(meters: Any, steps: int = 1000) -> dict[str, float]:
     """Microseconds per iteration of lpm's trainer (its callbacks included) and of a plain loop
-    around a null workload (a 4×4 linear layer): the loop's own cost, free of model noise."""
-    import lightning.pytorch as pl
+    around a null workload (a 4×4 linear layer on lpm's module base, fed as a job feeds its
+    phases): the loop's own cost, free of model noise."""
     import torch
     from torch.utils.data import DataLoader
 
     from lpm.config import resolve_spec
     from lpm.job import JobRun, PhasePlan
     from lpm.record.record import Record
+    from lpm.workload.ldm import Module, WorkItems
 
-    class Null(pl.LightningModule):
+    class Null(Module):
         def __init__(self) -> None:
             super().__init__()
             self.lin = torch.nn.Linear(4, 4)
@@ -585,9 +585,7 @@ def _null_overhead(meters: Any, steps: int = 1000) -> dict[str, float]:
         trainer.callbacks = [timer] if bare else [timer, *trainer.callbacks]
         if predict:
             with torch.no_grad():
-                trainer.predict(
-                    Null(), DataLoader(items, batch_size=None), return_predictions=False
-                )
+                trainer.predict(Null(), WorkItems(items), return_predictions=False)
         else:
             trainer.fit(Null(), DataLoader(data, batch_size=None))
         return _sample(timer.start, timer.end, steps).seconds
@@ -596,8 +594,7 @@ def _null_overhead(meters: Any, steps: int = 1000) -> dict[str, float]:
         module = Null()
         optimizer = torch.optim.SGD(module.parameters(), lr=0.01)
         start = None
-        loader = DataLoader(items if predict else data, batch_size=None)
-        for i, x in enumerate(loader):
+        for i, x in enumerate(items if predict else DataLoader(data, batch_size=None)):
             if i == WARMUP:
                 start = clocks()
             if predict:
@@ -662,6 +659,7 @@ def plain(
         if device == "cpu" and time.monotonic() < deadline:
             null = _null_overhead(meters)
             details["null_step_us"] = null
+            _loop_share(details, rows, null)
             for kind in ("training", "synthesis"):
                 lightning_us = null[f"{kind}_lightning_us"] - null[f"{kind}_plain_us"]
                 callbacks_us = null[f"{kind}_lpm_us"] - null[f"{kind}_lightning_us"]
@@ -680,6 +678,27 @@ def plain(
                     )
                 )
     return {**details, "rows": rows}
+
+
+def _loop_share(details: dict[str, Any], rows: list[dict[str, Any]], null: dict) -> None:
+    """Note on each lpm-vs-plain time row what lpm's loop alone costs there: its extra time per
+    iteration on the null workload over the row's plain step, and the ratio that leaves. A
+    noise-free estimate of the row, where its repeats cannot resolve a few percent."""
+    for row in rows:
+        name = row["name"]
+        if not name.startswith("lpm vs plain loop,") or ": plain time" not in name:
+            continue
+        kind, workload = name.split(",", 1)[1].split(":")[0].strip().split(" ", 1)
+        plain_ms = details.get(workload, {}).get(kind, {}).get("plain_ms")
+        if not plain_ms:
+            continue
+        extra_s = (null[f"{kind}_lpm_us"] - null[f"{kind}_plain_us"]) * 1e-6
+        share = extra_s / (statistics.median(plain_ms) * 1e-3)
+        note = (
+            f"loop's own cost, null workload: {extra_s * 1e6:.0f} µs = {share:.1%} of a plain "
+            f"step, i.e. {1 / (1 + share):.3f}"
+        )
+        row["note"] = f"{row['note']}; {note}" if row.get("note") else note
 
 
 def _against_plain(
@@ -1065,10 +1084,10 @@ def steps(quick: bool = False) -> dict[str, Any]:
 def _chain(w: Workload, items: list[dict[str, Any]]) -> PhaseMeasurement:
     """`items` through lpm's synthesis trainer, every unit measured in one window each."""
     import torch
-    from torch.utils.data import DataLoader
 
     from lpm.energy.callback import EnergyCallback
     from lpm.job import PhasePlan
+    from lpm.workload.ldm import WorkItems
 
     unets = sum(i["unit"] == "unet" for i in items)
     measured = {"unet": unets, "decode": len(items) - unets}
@@ -1076,7 +1095,7 @@ def _chain(w: Workload, items: list[dict[str, Any]]) -> PhaseMeasurement:
         PhasePlan("synthesis", {}, measured, measured, {}), use_distributed_sampler=False
     )
     with torch.no_grad():
-        trainer.predict(w.dm, DataLoader(items, batch_size=None), return_predictions=False)
+        trainer.predict(w.dm, WorkItems(items), return_predictions=False)
     return next(c for c in trainer.callbacks if isinstance(c, EnergyCallback)).measurement
 
 

@@ -181,10 +181,9 @@ class JobRun:
         Every rank runs the whole plan on its own chain: data-parallel synthesis.
         """
         import torch
-        from torch.utils.data import DataLoader
 
         from lpm.workload.images import samples_caption, save_samples_png
-        from lpm.workload.ldm import chains_for, synthesis_plan
+        from lpm.workload.ldm import WorkItems, chains_for, synthesis_plan
 
         cfg = self.cfg
         dm.sample_batch = self._per_device("synthesis", world)
@@ -199,7 +198,7 @@ class JobRun:
 
         def predict() -> None:
             with torch.no_grad():
-                trainer.predict(dm, DataLoader(items, batch_size=None), return_predictions=False)
+                trainer.predict(dm, WorkItems(items), return_predictions=False)
 
         trained = dm.global_step  # the fit's: predict attaches a trainer of its own
         part = self.measure(plan, trainer, predict)

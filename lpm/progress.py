@@ -75,7 +75,9 @@ class PhaseProgressBar(TQDMProgressBar):
 
     def on_predict_batch_start(self, *args: Any) -> None:
         super().on_predict_batch_start(*args)
-        self.predict_progress_bar.set_description(self.phase)
+        # Every item, since Lightning renames the bar on its first one; without a refresh, which
+        # would write to the terminal at each item.
+        self.predict_progress_bar.set_description(self.phase, refresh=False)
 
 
 class ProgressLines(pl.Callback):

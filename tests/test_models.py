@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 
 import pytest
@@ -10,6 +11,8 @@ from conftest import CONF, compose_cfg, options
 from lpm.config import LDMSpec, resolve_spec
 from lpm.workload.ldm import (
     DiffusionModule,
+    Module,
+    WorkItems,
     build_autoencoder,
     build_unet,
     chains_for,
@@ -202,3 +205,58 @@ def test_diffusion_module_synthesis_by_hand() -> None:
     sample(synthesis_plan(3, 5, 1))
     assert dm.chain_steps == 2  # a second chain started after 3 steps
     assert [int(t[0]) for t in timesteps] == [int(schedule[i]) for i in (0, 1, 2, 0, 1)]
+
+
+class _Steps(Module):
+    """Records what Lightning passes each step and the hook name it sets while stepping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+        self.seen: list[tuple[str, int]] = []
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        self.seen.append((self._current_fx_name, batch_idx))
+        loss = self.lin(batch).square().mean()
+        self.log("loss", loss)  # Lightning files it under the hook name it set
+        return loss
+
+    def predict_step(self, item: dict) -> None:
+        self.seen.append((self._current_fx_name, item["step"]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _trainer(**kwargs: object) -> object:
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, **kwargs,
+    )  # fmt: skip
+
+
+def test_module_base_keeps_lightning_hooks_arguments_and_logging() -> None:
+    from torch.utils.data import DataLoader
+
+    module = _Steps()
+    assert inspect.signature(_Steps.training_step) == _Steps.training_step.__signature__
+    trainer = _trainer(max_steps=3)
+    trainer.fit(module, DataLoader(torch.randn(6, 2), batch_size=2))
+    assert module.seen == [("training_step", i) for i in range(3)]
+    assert "loss" in trainer.callback_metrics
+    assert module._current_fx_name is None  # reset after each hook, as Lightning leaves it
+    module.seen.clear()
+    items = [{"unit": "unet", "step": s} for s in range(4)]
+    _trainer().predict(module, WorkItems(items), return_predictions=False)
+    assert module.seen == [("predict_step", s) for s in range(4)]
+
+
+def test_module_base_still_registers_submodules_and_parameters() -> None:
+    module = _Steps()
+    module.extra = torch.nn.Linear(3, 3)
+    module.scale = torch.nn.Parameter(torch.ones(1))
+    names = {n for n, _ in module.named_parameters()}
+    assert {"extra.weight", "extra.bias", "scale", "lin.weight"} <= names
+    assert "_current_fx_name" not in module._modules | module._parameters | module._buffers
