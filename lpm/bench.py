@@ -643,6 +643,8 @@ def plain(
     details: dict[str, Any] = {"device": device, "scale": scale, "repeats": repeats}
     # A job's default mode: `process` mode's CodeCarbon reads cost ~8× more at each window edge.
     with _node_meters("machine") as meters:
+        # First, so that each lpm-vs-plain row can say what the loop alone costs there.
+        null = _null_overhead(meters) if device == "cpu" else None
         for model in models:
             for d in dims:
                 name = f"{model} {d}"
@@ -654,12 +656,10 @@ def plain(
                 if scale == "paper":  # a paper-scale 3D phantom takes ~0.1 s to make
                     overrides.append(f"data.pool={2 * steps}")
                 w = Workload([*overrides, *extra], meters, device)
-                details[name] = _against_plain(w, steps, repeats, name, rows, deadline)
+                details[name] = _against_plain(w, steps, repeats, name, rows, deadline, null)
                 w.release()
-        if device == "cpu" and time.monotonic() < deadline:
-            null = _null_overhead(meters)
+        if null is not None:
             details["null_step_us"] = null
-            _loop_share(details, rows, null)
             for kind in ("training", "synthesis"):
                 lightning_us = null[f"{kind}_lightning_us"] - null[f"{kind}_plain_us"]
                 callbacks_us = null[f"{kind}_lpm_us"] - null[f"{kind}_lightning_us"]
@@ -680,25 +680,16 @@ def plain(
     return {**details, "rows": rows}
 
 
-def _loop_share(details: dict[str, Any], rows: list[dict[str, Any]], null: dict) -> None:
-    """Note on each lpm-vs-plain time row what lpm's loop alone costs there: its extra time per
-    iteration on the null workload over the row's plain step, and the ratio that leaves. A
-    noise-free estimate of the row, where its repeats cannot resolve a few percent."""
-    for row in rows:
-        name = row["name"]
-        if not name.startswith("lpm vs plain loop,") or ": plain time" not in name:
-            continue
-        kind, workload = name.split(",", 1)[1].split(":")[0].strip().split(" ", 1)
-        plain_ms = details.get(workload, {}).get(kind, {}).get("plain_ms")
-        if not plain_ms:
-            continue
-        extra_s = (null[f"{kind}_lpm_us"] - null[f"{kind}_plain_us"]) * 1e-6
-        share = extra_s / (statistics.median(plain_ms) * 1e-3)
-        note = (
-            f"loop's own cost, null workload: {extra_s * 1e6:.0f} µs = {share:.1%} of a plain "
-            f"step, i.e. {1 / (1 + share):.3f}"
-        )
-        row["note"] = f"{row['note']}; {note}" if row.get("note") else note
+def _loop_note(null: dict[str, float], kind: str, plain_s: float) -> str:
+    """What lpm's loop alone costs a `kind` iteration whose plain step takes `plain_s`: its
+    extra time per iteration on the null workload, and the ratio that leaves. A noise-free
+    estimate of the lpm-vs-plain row, where its repeats cannot resolve a few percent."""
+    extra_s = (null[f"{kind}_lpm_us"] - null[f"{kind}_plain_us"]) * 1e-6
+    share = extra_s / plain_s
+    return (
+        f"loop's own cost, null workload: {extra_s * 1e6:.0f} µs = {share:.1%} of a plain step, "
+        f"i.e. {1 / (1 + share):.3f}"
+    )
 
 
 def _against_plain(
@@ -708,8 +699,10 @@ def _against_plain(
     name: str,
     rows: list[dict[str, Any]],
     deadline: float = math.inf,
+    null: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """`plain`'s comparisons for one workload: rows appended to `rows`, details returned."""
+    """`plain`'s comparisons for one workload: rows appended to `rows`, details returned;
+    `null`, the null workload's times (:func:`_null_overhead`), adds :func:`_loop_note`."""
     train = _interleave(
         {"lpm": lambda: w.lpm_train(steps), "plain": lambda: w.plain_train(steps)},
         repeats,
@@ -737,7 +730,12 @@ def _against_plain(
                 continue
             value = statistics.median(ratio)
             label = f"lpm vs plain loop, {kind} {name}: plain {quantity} ÷ lpm {quantity}"
-            note = f"fastest ÷ fastest {_best_of(loop, lpm):.3f}" if quantity == "time" else ""
+            note = ""
+            if quantity == "time":
+                note = f"fastest ÷ fastest {_best_of(loop, lpm):.3f}"
+                if null is not None:
+                    plain_s = statistics.median(s.seconds for s in loop)
+                    note += f"; {_loop_note(null, kind, plain_s)}"
             rows.append(
                 _row(label, value, ">= 1.0", judged(ratio, lambda v: v >= 1.0, 1.0), ratio, note)
             )
@@ -1267,8 +1265,7 @@ def _unavailable(technique: str, device: str, deadline: float = math.inf) -> str
     if technique == "fp16" and device == "cpu":
         return "16-mixed runs as bf16-mixed on a CPU (Lightning): see bf16; GPU only"
     left = deadline - time.monotonic()
-    needs = _compile_needs_s()
-    if technique == "compile" and left < needs:
+    if technique == "compile" and left < (needs := _compile_needs_s()):
         return f"skipped: compiling needs ~{needs:.0f} s, {max(left, 0):.0f} s left"
     if left < 0:
         return OUT_OF_TIME

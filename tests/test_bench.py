@@ -271,22 +271,12 @@ def test_shares_sum_to_one_by_owner() -> None:
     assert shares == {"torch operators (C++)": 0.75, "lpm (callbacks, modules, progress)": 0.25}
 
 
-def test_loop_share_notes_each_time_row_with_its_null_workload_cost() -> None:
-    details = {"small 2d": {"training": {"plain_ms": [50.0, 40.0, 60.0]},
-                            "synthesis": {"plain_ms": [10.0]}}}  # fmt: skip
-    rows = [
-        bench._row("lpm vs plain loop, training small 2d: plain time ÷ lpm time", 1.0, ">= 1.0",
-                   True, note="fastest ÷ fastest 0.99"),
-        bench._row("lpm vs plain loop, synthesis small 2d: plain time ÷ lpm time", 1.0, ">= 1.0",
-                   True),
-        bench._row("data loading, small 2d: batch load ÷ training step", 0.001, "<= 0.01", True),
-    ]  # fmt: skip
+def test_loop_note_gives_the_null_workload_cost_as_a_share_of_the_plain_step() -> None:
     null = {"training_lpm_us": 700.0, "training_plain_us": 200.0,
             "synthesis_lpm_us": 150.0, "synthesis_plain_us": 50.0}  # fmt: skip
-    bench._loop_share(details, rows, null)
-    assert rows[0]["note"] == (
-        "fastest ÷ fastest 0.99; loop's own cost, null workload: 500 µs = 1.0% of a plain step, "
-        "i.e. 0.990"
+    assert bench._loop_note(null, "training", 0.050) == (
+        "loop's own cost, null workload: 500 µs = 1.0% of a plain step, i.e. 0.990"
     )
-    assert rows[1]["note"].endswith("100 µs = 1.0% of a plain step, i.e. 0.990")
-    assert "note" not in rows[2]
+    assert bench._loop_note(null, "synthesis", 0.010).endswith(
+        "100 µs = 1.0% of a plain step, i.e. 0.990"
+    )

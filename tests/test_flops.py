@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -309,9 +310,24 @@ def test_fp32_peak_notes_tf32() -> None:
     assert "TF32" not in gpu_peak("NVIDIA H100 80GB HBM3", "32-true").source
 
 
-def test_the_cpu_peak_is_a_measured_matmul() -> None:
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A clock that advances 20 ms at each reading: every matmul takes 20 ms; the cached
+    measurements are dropped before and after, so no other test sees them."""
+    from lpm.energy import flops
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(flops, "perf_counter", lambda: 0.02 * next(ticks))
+    flops._matmul_flop_per_s.cache_clear()
+    yield
+    flops._matmul_flop_per_s.cache_clear()
+
+
+def test_the_cpu_peak_is_a_measured_matmul(clock: None) -> None:
     fp32 = cpu_peak("32-true")
-    assert fp32.flop_per_s > 1e8  # any CPU torch runs on does 0.1 GFLOP/s
+    # 20 ms > 0.4 s / (8 × 5 repeats): n stays at 256; best of every 20 ms product.
+    assert fp32.flop_per_s == pytest.approx(2 * 256**3 / 0.02)
+    assert "matmul 256², best of " in fp32.source
     threads = torch.get_num_threads()
     assert fp32.source.startswith("measured: fp32 matmul ") and f", {threads} thread" in fp32.source
     bf16 = cpu_peak("bf16-mixed")

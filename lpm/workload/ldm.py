@@ -147,9 +147,9 @@ class Module(pl.LightningModule):
     Lightning sets `_current_fx_name` around each hook it calls (~18 times per synthesis item),
     each time through nn.Module's `__setattr__`, which first looks for a parameter, buffer or
     submodule of that name; and it reads the step method's signature with `inspect` at every
-    batch. On the null workload of `python -m lpm.bench plain` the two cost ~70 µs per
-    synthesis item and ~220 µs per training step on this CPU (`python -m lpm.bench profile`
-    shows them).
+    batch. With both gone and synthesis fed by :class:`WorkItems`, Lightning's loop around the
+    null workload of `python -m lpm.bench plain` went from 244 to 83–114 µs per synthesis item
+    and from 824 to 251–660 µs per training step on a 2-core CPU (README, Benchmarks).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
