@@ -17,6 +17,7 @@ from test_report import BASE_KWH, DEU, kg, make_record, write_sweep
 
 from lpm.advise import main
 from lpm.carbon.intensity import CountryTable
+from lpm.report.advice import Quality
 from lpm.report.checks import run_checks
 from lpm.report.document import document, headlines, markdown
 from lpm.report.study import build_study, fmt
@@ -410,3 +411,11 @@ def test_psnr_beyond_8_bit_rounding_is_no_quality_gain(
     assert lever(advice, "dpmpp")["quality"]["loss_db"] == 0
     assert lever(advice, "unipc")["quality"]["psnr_db"] == pytest.approx(119.0)
     assert lever(advice, "ddim50")["quality"]["loss_db"] == pytest.approx(ceiling - 47.3)
+
+
+def test_a_psnr_past_the_8_bit_ceiling_reads_as_the_same_images() -> None:
+    beyond = Quality("sampler", 119.0, 0.0, reference="1,000-step DDIM reference")
+    assert str(beyond) == (
+        "image PSNR to the 1,000-step DDIM reference ≥ 58.9 dB (the same 8-bit images) (loss 0 dB)"
+    )
+    assert "47.3 dB (loss 12 dB)" in str(Quality("sampler", 47.3, 11.62, reference="r"))

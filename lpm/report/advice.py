@@ -76,8 +76,9 @@ METHOD = (
     "(`quality.autoencoder.psnr_db`) for model size, precision, GPUs and speed flags. A sampler "
     "identical to the reference counts as the best (loss 0). A stochastic sampler (DDPM, η > 0) "
     "is compared with a deterministic reference: its fidelity reads low, its loss overstates "
-    "what it costs. PSNRs above 58.9 dB (8-bit rounding: the images are the same once stored "
-    "in 8 bits) count as 58.9 dB. Zones and months cost no quality.",
+    f"what it costs. PSNRs above {PSNR_CEILING_DB:.1f} dB (8-bit rounding: the images are the "
+    f"same once stored in 8 bits) count as {PSNR_CEILING_DB:.1f} dB. Zones and months cost no "
+    "quality.",
     "Best combination, per dims and phase group: the cheapest job whose quality loss on every "
     "lever it changes is within the bound, at the cheapest zone/month, against the baseline job "
     "as recorded. A job whose quality was not measured enters only unchanged (zone or month).",
@@ -116,7 +117,14 @@ class Quality:
             if self.metric == "sampler"
             else ("autoencoder PSNR")
         )
-        text = f"{what} {fmt(self.psnr_db or 0.0)} dB (loss {fmt(self.loss_db or 0.0, 2)} dB)"
+        psnr = self.psnr_db or 0.0
+        # Beyond the 8-bit ceiling a PSNR is float agreement, not a better image.
+        shown = (
+            f"≥ {PSNR_CEILING_DB:.1f} dB (the same 8-bit images)"
+            if psnr > PSNR_CEILING_DB
+            else f"{fmt(psnr)} dB"
+        )
+        text = f"{what} {shown} (loss {fmt(self.loss_db or 0.0, 2)} dB)"
         if self.stochastic:
             text += "; stochastic sampler: reads low against the deterministic reference"
         return text
@@ -323,11 +331,10 @@ def quality(job: Job, metric: str, best: Mapping[tuple[str, str], float]) -> Qua
     stochastic = metric == "sampler" and job.flag("quality.sampler.stochastic")
     if metric == "sampler" and job.flag("quality.sampler.identical"):
         return Quality(metric, None, 0.0, identical=True, reference=reference)
-    psnr, measured = _psnr(job, metric), job.metric(f"quality.{metric}.psnr_db")
-    top = best.get((job.axis("dims"), metric))
-    if psnr is None or top is None or measured is None:
+    measured, top = job.metric(f"quality.{metric}.psnr_db"), best.get((job.axis("dims"), metric))
+    if measured is None or top is None:
         return Quality(metric, None, None)
-    loss = top - psnr
+    loss = top - min(measured.value, PSNR_CEILING_DB)
     return Quality(metric, measured.value, loss, stochastic=stochastic, reference=reference)
 
 
@@ -354,7 +361,7 @@ def _embodied(job: Job, base: Job, phases: tuple[str, ...]) -> float | None:
     CO2e); None when a record lacks it."""
     total = 0.0
     for phase in phases:
-        kg = job.recorded(f"phases.{phase}.embodied_kg.projected")
+        kg = job.recorded(f"phases.{phase}.embodied_kg.projected", phases=(phase,))
         if kg is None:
             return None
         mine, theirs = work(job, phase), work(base, phase)

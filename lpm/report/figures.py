@@ -913,7 +913,7 @@ def _tradeoff(study: Study, metric: Metric) -> tuple[Scatter, list[Job]] | None:
     candidates = [
         job
         for job in study.usable(metric.phases)
-        if job.metric(metric.path) is not None
+        if job.metric(metric.path, metric.phases) is not None
         or (metric.sampler and job.flag("quality.sampler.identical"))
     ]
     if not candidates:
@@ -922,7 +922,7 @@ def _tradeoff(study: Study, metric: Metric) -> tuple[Scatter, list[Job]] | None:
         free = tuple(a for a in AXES if a not in metric.same_for)
         candidates = list(pick(candidates, study.base, free).values())
     candidates.sort(key=lambda j: j.co2e(metric.phases).value)
-    found = [(job, job.metric(metric.path)) for job in candidates]
+    found = [(job, job.metric(metric.path, metric.phases)) for job in candidates]
     kg = [job.co2e(metric.phases) for job, _ in found]
     stochastic = [metric.sampler and job.flag("quality.sampler.stochastic") for job, _ in found]
     # One frontier per kind of image (2D and 3D images are not the same product).
@@ -1077,10 +1077,10 @@ def fig6_efficiency(study: Study, stack: bool = True) -> Figure | Omission:
             runs = len(job.pooled((phase,))) if job.runs else 1
             for unit in block["joules_per_pflop"]:
                 key = f"phases.{phase}.efficiency"
-                e = job.metric(f"{key}.joules_per_pflop.{unit}")
+                e = job.metric(f"{key}.joules_per_pflop.{unit}", (phase,))
                 if e is None:
                     continue
-                mfu = job.recorded(f"{key}.mfu.{unit}") if peak else None
+                mfu = job.recorded(f"{key}.mfu.{unit}", phases=(phase,)) if peak else None
                 mfu_text = f"MFU {fmt(100 * mfu.value, 2)}%" if mfu else ""
                 label = f"{phase}\n{UNIT_NAMES.get(unit, unit)}"
                 found.append((dims, phase, label, e, mfu_text, noisy, runs))

@@ -232,18 +232,21 @@ class Job:
             return math.inf if sd else None
         return sd / se
 
-    def recorded(self, value: str, ci: str | None = None) -> Estimate | None:
+    def recorded(
+        self, value: str, ci: str | None = None, phases: Iterable[str] = PHASES
+    ) -> Estimate | None:
         """The number at dotted `value` (a quality metric, J/PFLOP, embodied kg) with its 95%
-        interval at `ci` (none recorded: the value alone); a pool: the mean over its runs with
-        the between-run interval. None where a run lacks the number (records that predate it)."""
-        runs = self.runs or (self,)
+        interval at `ci` (none recorded: the value alone); a pool: the mean over the runs its
+        totals of `phases` pool (:meth:`pooled`), with the between-run interval. None where a
+        run lacks the number (records that predate it)."""
+        runs = self.pooled(phases) if self.runs else [self]
         found = [dig(r.record, value) for r in runs]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in found):
             return None
         if len(found) > 1:
             return between_runs([float(v) for v in found])
         centre = float(found[0])
-        low, high = (dig(self.record, ci) if ci else None) or (None, None)
+        low, high = (dig(runs[0].record, ci) if ci else None) or (None, None)
         return Estimate(
             centre, centre if low is None else float(low), centre if high is None else float(high)
         )
@@ -254,12 +257,14 @@ class Job:
 
     def embodied(self) -> Estimate | None:
         """Projected embodied kg CO2e of all phases (the hardware's manufacture, amortised over
-        the job's device-hours): apart from `co2e`, which is operational only."""
+        the job's device-hours), over the runs `co2e` pools: apart from it, which is
+        operational only."""
         return self.recorded("totals.embodied_kg", "totals.embodied_kg_ci95")
 
-    def metric(self, dotted: str) -> Estimate | None:
-        """A `{"value", "ci95"}` entry of the record (quality metric, J/PFLOP) as an estimate."""
-        return self.recorded(f"{dotted}.value", f"{dotted}.ci95")
+    def metric(self, dotted: str, phases: Iterable[str] = PHASES) -> Estimate | None:
+        """A `{"value", "ci95"}` entry of the record (quality metric, J/PFLOP) as an estimate,
+        over the runs the totals of `phases` pool."""
+        return self.recorded(f"{dotted}.value", f"{dotted}.ci95", phases)
 
     def _estimate(self, phases: Iterable[str], value: str, ci: str) -> Estimate:
         phases = tuple(phases)
