@@ -24,7 +24,14 @@ from lpm.carbon.projection import project
 from lpm.config import PRECISION_ALIASES, SPEED_SWITCHES, LDMSpec, speed_label, windows_for
 from lpm.energy import flops
 from lpm.energy.window import RULES, NoiseRules, PhaseMeasurement
-from lpm.record.record import PhaseRecord, Record, coverage, measured_phase, projected_phase
+from lpm.record.record import (
+    PhaseRecord,
+    Record,
+    coverage,
+    error_line,
+    measured_phase,
+    projected_phase,
+)
 
 log = logging.getLogger("lpm")
 
@@ -171,7 +178,8 @@ class JobRun:
         data = _datamodule(self.cfg, self.spec, steps * batch * world, batch)
         part = self.measure(plan, trainer, lambda: trainer.fit(module, datamodule=data))
         shape = (batch, self.spec.in_channels, *self.spec.image_size)
-        self.efficiency(plan.name, trainer, part, partial(flops.training_flops, module, shape))
+        count = partial(flops.training_flops, module, shape)
+        self.efficiency(plan.name, trainer, part, module, count)
         return trainer
 
     def synthesize(self, dm: Any, world: int) -> Any:
@@ -202,7 +210,7 @@ class JobRun:
 
         trained = dm.global_step  # the fit's: predict attaches a trainer of its own
         part = self.measure(plan, trainer, predict)
-        self.efficiency(plan.name, trainer, part, partial(flops.synthesis_flops, dm))
+        self.efficiency(plan.name, trainer, part, dm, partial(flops.synthesis_flops, dm))
         if self.rank0 and dm.images is not None:
             caption = samples_caption(
                 dm.chain_steps, steps, trained, cfg.target.diffusion_iterations
@@ -227,32 +235,38 @@ class JobRun:
             quality = evaluate(self.cfg, self.spec, dm, trainer)
             log.info("  quality: %s", _quality_line(quality))
         except Exception as exc:
-            quality = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]}
+            quality = {"error": error_line(exc)}
             log.warning("  quality: not evaluated (%s)", quality["error"])
         self.record.quality = quality
         self.record.write(self.job_dir / "record.json")
 
     def efficiency(
-        self, name: str, trainer: Any, part: PhaseRecord | None, count: Callable[[Any], Any]
+        self,
+        name: str,
+        trainer: Any,
+        part: PhaseRecord | None,
+        module: Any,
+        count: Callable[[Any], Any],
     ) -> None:
-        """`part.efficiency` from the FLOPs `count(forward_context)` finds (a
-        :class:`~lpm.energy.flops.FlopCount`), counted once the phase's measurement is filed;
-        the record is rewritten. A count that fails leaves the measurement as it is:
-        `{"error": ...}` and a warning."""
-        if part is None:
+        """`part.efficiency` from the FLOPs `count(forward_context)` finds in `module` (a
+        :class:`~lpm.energy.flops.FlopCount`), counted once the phase's measurement is filed,
+        by rank 0 alone (every rank runs the same networks); the record is rewritten. A count
+        that fails leaves the measurement as it is: `{"error": ...}` and a warning."""
+        if part is None or not self.rank0:
             return
         try:
+            # Lightning's teardown left the networks on the CPU: count on the device they ran on.
+            module.to(trainer.strategy.root_device)
             counted = count(trainer.precision_plugin.forward_context)
             peak = flops.device_peak(trainer.strategy.root_device, str(trainer.precision))
             units, world = part.measured["units"], trainer.world_size
             part.efficiency = flops.efficiency(counted, units, world, peak)
         except Exception as exc:  # an op the counter cannot run, a GPU out of memory: any
-            error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            error = error_line(exc)
             part.efficiency = {"error": error}
             log.warning("  %s: FLOPs not counted (%s); the measurement stands", name, error)
-        if self.rank0:
-            _log_efficiency(name, part.efficiency)
-            self.record.write(self.job_dir / "record.json")
+        _log_efficiency(name, part.efficiency)
+        self.record.write(self.job_dir / "record.json")
 
     def _per_device(self, phase: str, world: int) -> int:
         """Batch per device: strong scaling splits the configured batch over the devices."""

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from lpm.config import ConfigError, check, resolve_scale, resolve_spec
 from lpm.console import job_line, report_command, sweep_table
 from lpm.record.load import load_records
-from lpm.record.record import Record
+from lpm.record.record import Record, error_line
 from lpm.record.sinks import save
 from lpm.slurm import slurm_job
 
@@ -43,11 +43,6 @@ def _rank() -> int:
         if key in os.environ:
             return int(os.environ[key])
     return 0
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:500]
 
 
 def _quiet() -> None:
@@ -274,11 +269,11 @@ def run(cfg: DictConfig) -> str:
         record.status = "ok"
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, SIGTERM (Slurm), Lightning's exit
         record.status = "interrupted"
-        record.error = f"interrupted by {_signals[0]}" if _signals else _one_line(exc)
+        record.error = f"interrupted by {_signals[0]}" if _signals else error_line(exc)
         if not _interrupt_ends_only_the_job(multirun):
             raise
     except Exception as exc:
-        record.status, record.error = "failed", _one_line(exc)
+        record.status, record.error = "failed", error_line(exc)
         if rank0:
             (job_dir / "error.txt").write_text(traceback.format_exc())
         log.error("  job failed: %s (traceback in error.txt)", record.error)

@@ -96,6 +96,12 @@ def test_gpu_servers_are_carried_pro_rata_by_the_job_s_share_of_their_gpus() -> 
     line = three.assumption()
     assert "(3 GPU × 181 kg + 0.75 server × 2500 kg)" in line
     assert "servers pro rata: 3 GPU / 4 GPUs per server" in line
+    assert "gpu_kg is an A100 PCIe 40 GB's, whatever the GPU" in line
+    h100 = dataclasses.replace(four, gpu_kg=Factor(575.0, "config: site.embodied.gpu_kg = 575"))
+    assert (
+        "whatever the GPU"
+        not in Embodied.of(h100, {"accelerator": "cuda", "devices": 3}).assumption()
+    )
 
 
 def test_reproduces_bloom_s_embodied_total() -> None:

@@ -346,13 +346,16 @@ def test_a_count_that_fails_keeps_the_measurement(
     part = PhaseRecord(measured={"units": {"step": {}}}, target={}, projected={})
     record.phases["diffusion"] = part
     job = JobRun(cfg, resolve_spec(cfg, "cpu"), record, tmp_path, None, None, None)
-    trainer = SimpleNamespace(precision_plugin=SimpleNamespace(forward_context=None))
+    trainer = SimpleNamespace(
+        precision_plugin=SimpleNamespace(forward_context=None),
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+    )
 
     def count(context: Any) -> FlopCount:
         raise RuntimeError("no formula for\n this op")
 
     with caplog.at_level(logging.WARNING, logger="lpm"):
-        job.efficiency("diffusion", trainer, part, count)
+        job.efficiency("diffusion", trainer, part, nn.Linear(1, 1), count)
     assert part.efficiency == {"error": "RuntimeError: no formula for this op"}
     assert "diffusion: FLOPs not counted" in caplog.text
     written = read_record(tmp_path)["phases"]["diffusion"]

@@ -182,6 +182,8 @@ def test_the_summary_holds_each_phases_flops_and_embodied_kg(sweep: Sweep) -> No
                 joules = efficiency["joules_per_pflop"][unit]
                 assert run.summary.get(f"{key}/j_per_pflop") == (joules or {}).get("value")
                 assert run.summary.get(f"{key}/mfu") == (efficiency["mfu"] or {}).get(unit)
+                low = ((efficiency.get("mfu_ci95") or {}).get(unit) or [None])[0]
+                assert run.summary.get(f"{key}/mfu_lo") == low
             embodied = phase["embodied_kg"]["projected"]
             assert run.summary[f"projected/{name}/embodied_kg"] == pytest.approx(embodied)
         totals = record["totals"]

@@ -199,6 +199,8 @@ class Embodied:
                 f"servers pro rata: {fleet.gpus} GPU / {f.gpus_per_server.value:g} GPUs per "
                 "server, not whole servers"
             )
+            if f.gpu_kg == GPU_KG:  # one card's figure stands for whatever GPU ran
+                how += "; gpu_kg is an A100 PCIe 40 GB's, whatever the GPU (H100 SXM: 575 kg)"
         else:
             held = f"{fleet.cpu_servers} CPU server × {f.cpu_server_kg.value:g} kg"
             how = "no GPU: one CPU server per node, no GPU server"

@@ -142,6 +142,11 @@ class Record:
         return path
 
 
+def error_line(exc: BaseException) -> str:
+    """`exc` as a record's error text: its type and message on one line, at most 500 chars."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
+
 def read_status(path: str | Path) -> str | None:
     """The status of the record at `path`, or None when there is none or it cannot be read."""
     try:

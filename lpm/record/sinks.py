@@ -166,20 +166,20 @@ def _quality_summary(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _efficiency_summary(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Per phase and unit: FLOPs per iteration, joules per PFLOP with bounds, MFU
+    """Per phase and unit: FLOPs per iteration, joules per PFLOP and MFU with their bounds
     (`efficiency/<phase>/<unit>/...`)."""
     out: dict[str, Any] = {}
     for phase, block in (record.get("phases") or {}).items():
         eff = block.get("efficiency") if isinstance(block, Mapping) else None
         if not isinstance(eff, Mapping):
             continue
-        mfu = eff.get("mfu") or {}
+        mfu, mfu_ci = eff.get("mfu") or {}, eff.get("mfu_ci95") or {}
         for unit, flops in (eff.get("flops_per_iteration") or {}).items():
             name = f"efficiency/{phase}/{unit}"
             joules = (eff.get("joules_per_pflop") or {}).get(unit) or {}
             out |= {f"{name}/flops": flops}
             out |= _bounded(f"{name}/j_per_pflop", joules.get("value"), joules.get("ci95"))
-            out |= _bounded(f"{name}/mfu", mfu.get(unit), None)
+            out |= _bounded(f"{name}/mfu", mfu.get(unit), mfu_ci.get(unit))
     return out
 
 
