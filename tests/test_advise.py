@@ -419,3 +419,18 @@ def test_a_psnr_past_the_8_bit_ceiling_reads_as_the_same_images() -> None:
         "image PSNR to the 1,000-step DDIM reference ≥ 58.9 dB (the same 8-bit images) (loss 0 dB)"
     )
     assert "47.3 dB (loss 12 dB)" in str(Quality("sampler", 47.3, 11.62, reference="r"))
+
+
+def test_a_zone_priced_by_fallback_says_so_in_the_text(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    series = tmp_path / "s.csv"
+    series.write_text("zone,start,intensity_g_per_kwh\nSE,2024-01,30\nSE,2024-05,10\n")
+    argv = ("--csv", str(series), "--zones", "SE,FRA", "--months", "2024-01,2024-05")
+    _, _, out = advise(sweep, tmp_path, capsys, *argv, "--fallback", "annual")
+    text = " ".join(out.split())
+    assert "annual, fallback (below)" in text and "Fallbacks taken (--fallback):" in text
+    statements = text.split("Fallbacks taken (--fallback):")[1].split("Excluded")[0]
+    for month in ("2024-01", "2024-05"):  # each month asked for FRA, priced at its annual value
+        assert month in statements
+    assert statements.count("fallback=annual") == 2

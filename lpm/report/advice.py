@@ -434,11 +434,12 @@ def _contradiction(study: Study, a: Job, b: Job) -> str | None:
 
 def _places(bases: Iterable[Job], places: Iterable[Intensity]) -> list[Intensity]:
     """Each baseline's recorded price and `places`, one per zone and period (a recorded zone at
-    the intensity it was recorded with), cleanest first."""
-    found: dict[tuple[str, str], Intensity] = {}
+    the intensity it was recorded with; a fallback apart, for it says what was asked), cleanest
+    first."""
+    found: dict[tuple[str, str, str | None], Intensity] = {}
     recorded = [(canonical(b.axis("site")), recorded_intensity(b.record)) for b in bases]
     for zone, i in [*recorded, *((canonical(i.zone), i) for i in places)]:
-        found.setdefault((zone, i.period), i)
+        found.setdefault((zone, i.period, i.fallback), i)
     return sorted(found.values(), key=lambda i: i.g_per_kwh)
 
 
@@ -648,7 +649,8 @@ def _places_table(advice: Advice) -> tuple[list[str], list[list[str]]]:
             text = f"{_range(r.change)}, {_pct(r.change.percent)}"
             cells.append("recorded site" if same else _mark(text, r.noisy))
         zone = zone_label(i.zone) + (" (recorded)" if place.recorded else "")
-        rows.append([zone, i.period, fmt(i.g_per_kwh), i.kind, *cells])
+        kind = f"{i.kind}, fallback (below)" if i.fallback else i.kind
+        rows.append([zone, i.period, fmt(i.g_per_kwh), kind, *cells])
     return header, rows
 
 
@@ -683,6 +685,9 @@ def blocks(advice: Advice) -> list[tuple[str, Any]]:
              "intensities' sources: the report's Zones table, or --json):"),
             ("table", _places_table(advice)),
         ]  # fmt: skip
+        fallbacks = [p.intensity.fallback for p in advice.places if p.intensity.fallback]
+        if fallbacks:
+            out += [("p", "Fallbacks taken (--fallback):"), ("ul", fallbacks)]
     out.append(("p", "Excluded from the advice:"))
     if advice.excluded:
         # A phase's reason names the phase; the others say what they exclude.
