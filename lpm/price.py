@@ -5,8 +5,9 @@ python -m lpm.price multirun/<sweep> --zones DEU,FRA,US-CA --months 2024-01,2024
 A zone or month the --csv series does not cover is an error, unless --fallback annual prices it
 from CodeCarbon's annual tables; the row's `fallback` column then says what was asked and what
 was used. Records that cannot be priced are skipped and listed on stderr. The `embodied_kg`
-column is the hardware's manufacturing share (the record's factors), the same in every zone and
-month and not in `co2e_kg`.
+column is the hardware's manufacturing share (the record's factors; lpm's defaults for a record
+from before embodied CO2e, said on stderr), the same in every zone and month and not in
+`co2e_kg`.
 
 Exit status: 0 rows written, 1 no record could be priced, 2 bad arguments.
 """
@@ -285,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         if not loaded.ok:
             reason = f"{loaded.status}: {loaded.error}" if loaded.error else loaded.status
             print(f"lpm.price: skipping {loaded.name}: {reason}", file=sys.stderr)
+        elif loaded.record.get("hardware") and dig(loaded.record, "carbon.embodied") is None:
+            print(
+                f"lpm.price: {loaded.name}: no embodied factors recorded; embodied_kg from "
+                "lpm's defaults (site.embodied)",
+                file=sys.stderr,
+            )
     rows = reprice_sweep(records, intensities, args.pue)
     if not rows:
         print(f"lpm.price: no record under {args.sweep} could be priced", file=sys.stderr)

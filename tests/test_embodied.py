@@ -242,9 +242,11 @@ def test_a_record_priced_before_cpu_server_kg_reprices_its_cpu_node_with_the_def
     assert "no GPU: one CPU server per node" in line
 
 
-def test_the_price_cli_has_the_same_embodied_in_every_zone(tmp_path: Path) -> None:
+def test_the_price_cli_has_the_same_embodied_in_every_zone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name, record in {"new": job_record(EmbodiedFactors(), EIGHT_GPUS),
-                         "old": old_record(None)}.items():  # fmt: skip
+                         "old": old_record(None), "old_cpu": old_record(CPU)}.items():  # fmt: skip
         (tmp_path / name).mkdir()
         (tmp_path / name / "record.json").write_text(json.dumps(record))
     out = tmp_path / "rows.csv"
@@ -255,6 +257,12 @@ def test_the_price_cli_has_the_same_embodied_in_every_zone(tmp_path: Path) -> No
     [made] = {r["embodied_kg"] for r in new}
     assert float(made) == pytest.approx(12 * 3948 / LIFE_H)
     assert {r["embodied_kg"] for r in rows if r["job"] == "old"} == {""}
+    # A record from before embodied CO2e, with hardware: priced with the defaults, and said so.
+    old_cpu = [float(r["embodied_kg"]) for r in rows if r["job"] == "old_cpu"]
+    assert old_cpu == [pytest.approx(12 * 1200 / LIFE_H)] * 3
+    err = capsys.readouterr().err
+    assert "old_cpu: no embodied factors recorded; embodied_kg from lpm's defaults" in err
+    assert "lpm.price: new:" not in err and "lpm.price: old:" not in err
 
 
 def test_the_config_defaults_are_the_cited_ones() -> None:
