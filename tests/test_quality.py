@@ -297,6 +297,8 @@ def test_fid_with_a_scripted_extractor_on_disk(tmp_path: Path, dims: str) -> Non
     assert out["weights"] == str(weights) and (out["samples"], out["reference_images"]) == (3, 3)
     assert out["value"] is not None and out["value"] >= 0 and "error" not in out
     assert ("slices" in out["method"]) == (dims == "3d")
+    if dims == "2d":  # 3 images for 4 features; 3D feeds several slices per volume
+        assert "3 images for 4 features: singular covariances" in out["method"]
 
 
 def test_fid_of_identical_sets_is_zero_and_of_shifted_ones_positive(tmp_path: Path) -> None:
@@ -305,7 +307,9 @@ def test_fid_of_identical_sets_is_zero_and_of_shifted_ones_positive(tmp_path: Pa
     weights = tmp_path / "features.pt"
     torch.jit.script(MeanFeatures()).save(str(weights))
     images = torch.cat([smooth((1, 1, 16, 16), seed=s) for s in range(12)])
-    same = fid_quality(str(weights), images, images, torch.device("cpu"))["value"]
+    same = fid_quality(str(weights), images, images, torch.device("cpu"))
+    assert "singular" not in same["method"]  # 12 images for 4 features
+    same = same["value"]
     shifted = fid_quality(str(weights), images + 0.2, images, torch.device("cpu"))["value"]
     assert same == pytest.approx(0.0, abs=1e-6)
     assert shifted == pytest.approx(4 * 0.2**2, rel=1e-3)  # 4 features, each mean shifted 0.2

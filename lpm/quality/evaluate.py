@@ -273,9 +273,17 @@ def fid_quality(
     }
     try:
         extractor = torch.jit.load(str(path), map_location=device).eval()
-        value = fid(features(extractor, fake, device), features(extractor, ref, device))
+        got, held = features(extractor, fake, device), features(extractor, ref, device)
+        value = fid(got, held)
     except (ValueError, RuntimeError) as exc:
         return out | {"error": " ".join(str(exc).split())[:500]}
+    if (fewest := min(len(got), len(held))) <= (width := got.shape[1]):
+        # MONAI then adds ε to the diagonal where the square root fails, and says so only on
+        # stdout: this FID compares only with FIDs of the same image counts and extractor.
+        out["method"] += (
+            f"; {fewest} images for {width} features: singular covariances, comparable only at "
+            "the same image counts"
+        )
     return out | {"value": value if math.isfinite(value) else None}
 
 
