@@ -47,6 +47,12 @@ def test_linear_forward_and_backward_match_2mnk() -> None:
     assert count_flops(lambda: layer(x).sum().backward()) == 3 * forward
 
 
+def test_torch_without_stances_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(torch.compiler, "set_stance")  # torch < 2.6
+    with pytest.raises(RuntimeError, match=r"needs torch >= 2\.6"):
+        count_flops(lambda: nn.Linear(2, 2)(torch.ones(1, 2)))
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_convolution_forward_and_backward_match_the_analytic_count(dims: int) -> None:
     batch, c_in, c_out, kernel, size = 2, 3, 4, 3, 6

@@ -237,14 +237,21 @@ def count_flops(work: Callable[[], Any], device: Any = None) -> int:
 
     A compiled module or function runs eagerly here (`torch.compiler.set_stance("force_eager")`):
     the ops its graph was traced from, counted without compiling anything. (Dynamo meeting the
-    counter's dispatch mode would run the code uncompiled and leave it so for good.) Torch
-    before 2.6 has no stances: the count then goes through the compiled callable (untested).
+    counter's dispatch mode would run the code uncompiled and leave it so for good.)
+
+    Raises:
+        RuntimeError: torch before 2.6, which has no stances: counting could leave a compiled
+            job's next phase uncompiled, so it is not tried (the job records the error).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     stance = getattr(torch.compiler, "set_stance", None)
-    eager = stance("force_eager") if stance else nullcontext()
+    if stance is None:
+        raise RuntimeError(
+            f"FLOP counting needs torch >= 2.6 (set_stance); this is {torch.__version__}"
+        )
+    eager = stance("force_eager")
     cuda = []
     if device is not None and device.type == "cuda":
         cuda = [torch.cuda.current_device() if device.index is None else device.index]
