@@ -16,6 +16,7 @@ from lpm.energy.window import (
     Window,
     drift,
     lag1_autocorrelation,
+    mean_interval,
     outlier_windows,
     robust_rate,
     window_autocorrelation,
@@ -136,3 +137,12 @@ def test_robustness_benchmark_meets_its_targets() -> None:
     rows = {r["name"]: r for r in result["simulation"]["rows"]}
     assert all(r["ok"] for r in rows.values()), rows
     assert rows["plain mean error, slow windows (median)"]["value"] > 0.5
+
+
+def test_mean_interval_by_hand_and_cut_to_the_range() -> None:
+    # Mean 44, sd 4, n = 3, t(0.975, 2) = 4.303: 44 ± 4.303 × 4 / √3 = 44 ± 9.937.
+    e = mean_interval([40.0, 44.0, 48.0])
+    assert (e.value, e.low, e.high) == pytest.approx((44.0, 34.063, 53.937), abs=1e-3)
+    assert mean_interval([0.1, 0.9], within=(0.0, 1.0)).low == 0.0  # 0.5 ± 5.08 cut to [0, 1]
+    assert mean_interval([0.1, 0.9], within=(0.0, 1.0)).high == 1.0
+    assert mean_interval([7.0]) == Estimate(7.0, 7.0, 7.0)

@@ -134,6 +134,20 @@ def t975(dof: int) -> float:
     return _T975[dof - 1] if dof <= len(_T975) else 1.96
 
 
+def mean_interval(
+    xs: Sequence[float], within: tuple[float, float] = (-math.inf, math.inf)
+) -> Estimate:
+    """The mean of independent values with its 95% Student-t interval, cut to the range
+    `within` the quantity can take; a single value is its own interval."""
+    n = len(xs)
+    mean = sum(xs) / n
+    if n < 2:
+        return Estimate(mean, mean, mean)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = t975(n - 1) * sd / math.sqrt(n)
+    return Estimate(mean, max(mean - half, within[0]), min(mean + half, within[1]))
+
+
 def lag1_autocorrelation(xs: Sequence[float]) -> float:
     """Sample lag-1 autocorrelation (0 for fewer than 3 values or no variance)."""
     n = len(xs)

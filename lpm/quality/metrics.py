@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from monai.metrics import FIDMetric, MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
 
-from lpm.energy.window import t975
+from lpm.energy.window import mean_interval
 
 # Gaussian window of SSIM and MS-SSIM (Wang et al. 2004; MONAI's defaults).
 KERNEL_SIZE = 11
@@ -188,10 +188,5 @@ def summary(
     if bad or not n:
         out: dict[str, object] = {"value": None, "ci95": None, "n": n}
         return out | ({"non_finite": bad} if bad else {})
-    mean = sum(xs) / n
-    if n < 2:
-        return {"value": mean, "ci95": None, "n": n}
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    half = t975(n - 1) * sd / math.sqrt(n)
-    low, high = within
-    return {"value": mean, "ci95": [max(mean - half, low), min(mean + half, high)], "n": n}
+    e = mean_interval(xs, within)
+    return {"value": e.value, "ci95": [e.low, e.high] if n > 1 else None, "n": n}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lpm.energy.window import Estimate, Verdict, t975
+from lpm.energy.window import Estimate, Verdict, mean_interval
 from lpm.record.load import dig, load_records
 from lpm.record.record import SCHEMA
 
@@ -91,13 +91,7 @@ def reference_sampler(jobs: Iterable[Job]) -> str:
 def between_runs(values: Sequence[float]) -> Estimate:
     """Mean of independent runs with its 95% t-interval (low bound floored at 0: costs are
     positive)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return Estimate(mean, mean, mean)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t975(n - 1) * sd / math.sqrt(n)
-    return Estimate(mean, max(0.0, mean - half), mean + half)
+    return mean_interval(values, within=(0.0, math.inf))
 
 
 def _coverage_gap(coverage: Any) -> str | None:
