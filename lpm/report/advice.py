@@ -268,9 +268,9 @@ def unusable(job: Job, phases: Iterable[str], include_noisy: bool = False) -> st
     return "; ".join(why) or None
 
 
-def _noisy(job: Job, phases: Iterable[str]) -> tuple[str, ...]:
-    """'job autoencoder, diffusion (first reason)' when some of `phases` are noisy, as the
-    report's headlines say it."""
+def noisy_note(job: Job, phases: Iterable[str]) -> tuple[str, ...]:
+    """'job autoencoder, diffusion (first reason)' when some of `phases` are noisy: the advice's
+    and the report's headlines' caveat."""
     found = job.noisy(phases)
     if not found:
         return ()
@@ -495,7 +495,7 @@ class _Advisor:
                         setting(job, lever),
                         independent(old, new),
                         qualities[0],
-                        _noisy(base, phases) + _noisy(job, phases),
+                        noisy_note(base, phases) + noisy_note(job, phases),
                     )
                 )
         return out
@@ -533,7 +533,7 @@ class _Advisor:
             repriced(old, cost) if job is base else independent(old, cost),
             qualities,
             None if None in embodied else embodied,  # type: ignore[arg-type]
-            _noisy(base, phases) + (_noisy(job, phases) if job is not base else ()),
+            noisy_note(base, phases) + (noisy_note(job, phases) if job is not base else ()),
             "",
         )
         return dataclasses.replace(chosen, sentence=_sentence(chosen, base, scale_stamp([base])))
@@ -579,7 +579,7 @@ def advise(
             for i in where:
                 change = repriced(old, advisor.prices.at(base, i).co2e(phases))
                 repricings[i].append(
-                    Repricing(dims, group, base.name, change, _noisy(base, phases))
+                    Repricing(dims, group, base.name, change, noisy_note(base, phases))
                 )
             options = advisor.options(dims, base, group)
             best.append(advisor.best(dims, base, group, options if measured else options[:1]))

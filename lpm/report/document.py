@@ -13,7 +13,7 @@ from typing import Any
 
 from lpm.carbon.intensity import Intensity
 from lpm.energy.window import Estimate
-from lpm.report.advice import advise
+from lpm.report.advice import advise, noisy_note
 from lpm.report.advice import blocks as advice_blocks
 from lpm.report.figures import Figure, Omission, describe, speedups
 from lpm.report.study import (
@@ -98,11 +98,7 @@ def headline_notes(study: Study) -> list[str]:
 def _caveat(*parts: tuple[Job, tuple[str, ...]]) -> str:
     """' Rests on noisy numbers: …' for the noisy phases among `parts` (only with
     --include-noisy: otherwise a headline never uses them)."""
-    noisy = []
-    for job, phases in parts:
-        if found := job.noisy(phases):
-            why = job.verdict(found[0]).reasons or ("no reason recorded",)
-            noisy.append(f"{job.name} {', '.join(found)} ({why[0]})")
+    noisy = [note for job, phases in parts for note in noisy_note(job, phases)]
     return f" Rests on noisy numbers: {'; '.join(dict.fromkeys(noisy))}." if noisy else ""
 
 
